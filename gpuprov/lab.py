@@ -1,0 +1,162 @@
+"""The local lab: systemd containers from the gpuprov Debian images, managed with the Docker SDK.
+
+`up` starts them (building the images first when their recipe changed), waits until systemd is
+running in each, and writes `inventories/lab/hosts.yml`; `down` removes them; `status` lists them.
+Containers get the capability set that runs systemd here without `privileged`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import docker
+import yaml
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+from gpuprov import paths
+
+LABEL = "gpuprov.lab"
+NETWORK = "gpuprov-lab"
+IMAGES = {"debian12": "gpuprov/debian12-systemd:latest", "debian13": "gpuprov/debian13-systemd:latest"}
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    os: str
+    group: str
+
+    @property
+    def image(self) -> str:
+        return IMAGES[self.os]
+
+
+def default_hosts(os_name: str = "debian12", count: int = 1) -> list[LabHost]:
+    if os_name not in IMAGES:
+        raise ValueError(f"unknown lab OS {os_name!r}; choose one of {', '.join(IMAGES)}")
+    if count < 1:
+        raise ValueError("the lab needs at least one host")
+    return [LabHost(f"gpuprov-lab-gpu{i}", os_name, "gpu_servers") for i in range(1, count + 1)]
+
+
+def client() -> docker.DockerClient:
+    return docker.from_env()
+
+
+def build_images(names: Iterable[str]) -> None:
+    script = paths.repo_root() / "scripts" / "build-test-images"
+    subprocess.run([str(script), *sorted(set(names))], check=True)
+
+
+def _run_kwargs(host: LabHost) -> dict:
+    cache = Path(paths.state_dir() / "apt-cache" / host.os)
+    cache.mkdir(parents=True, exist_ok=True)
+    return dict(
+        image=host.image,
+        name=host.name,
+        hostname=host.name,
+        command=["/lib/systemd/systemd"],
+        detach=True,
+        labels={LABEL: "1", "gpuprov.group": host.group, "gpuprov.os": host.os},
+        cgroupns="host",
+        cap_add=["SYS_ADMIN", "NET_ADMIN"],
+        security_opt=["seccomp=unconfined"],
+        tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw,exec"},
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            str(cache): {"bind": "/var/cache/apt/archives", "mode": "rw"},
+        },
+        network=NETWORK,
+        environment={"container": "docker"},
+    )
+
+
+def wait_for_systemd(container: Container, timeout_s: float = 90.0) -> str:
+    """Wait until systemd in `container` is running (or degraded); return its state."""
+    deadline = time.monotonic() + timeout_s
+    state = "unknown"
+    while time.monotonic() < deadline:
+        rc, out = container.exec_run(["systemctl", "is-system-running"])
+        state = out.decode().strip() or "unknown"
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(1)
+    raise TimeoutError(f"{container.name}: systemd did not come up within {timeout_s:.0f}s (state {state})")
+
+
+def inventory_for(hosts: Iterable[LabHost]) -> dict:
+    groups: dict[str, dict] = {}
+    for h in hosts:
+        groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = {"gpuprov_lab_os": h.os}
+    return {"all": {"children": groups}}
+
+
+def write_inventory(hosts: Iterable[LabHost]) -> Path:
+    path = paths.lab_inventory_dir() / "hosts.yml"
+    body = yaml.safe_dump(inventory_for(hosts), sort_keys=True)
+    path.write_text("---\n# Written by `gpuprov lab up`; do not edit.\n" + body, encoding="utf-8")
+    return path
+
+
+def lab_containers(dc: docker.DockerClient) -> list[Container]:
+    return sorted(dc.containers.list(all=True, filters={"label": LABEL}), key=lambda c: c.name)
+
+
+def up(hosts: list[LabHost], build: bool = True) -> list[str]:
+    """Start the lab hosts (idempotent) and write the inventory; returns host names."""
+    if build:
+        build_images(h.os for h in hosts)
+    dc = client()
+    try:
+        dc.networks.get(NETWORK)
+    except NotFound:
+        dc.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"})
+    wanted = {h.name for h in hosts}
+    for c in lab_containers(dc):
+        if c.name not in wanted:
+            c.remove(force=True)
+    for h in hosts:
+        try:
+            c = dc.containers.get(h.name)
+            if c.labels.get("gpuprov.os") != h.os:
+                c.remove(force=True)
+                raise NotFound("replaced")
+            if c.status != "running":
+                c.start()
+        except NotFound:
+            c = dc.containers.run(**_run_kwargs(h))
+        wait_for_systemd(c)
+    write_inventory(hosts)
+    return [h.name for h in hosts]
+
+
+def down() -> list[str]:
+    dc = client()
+    removed = []
+    for c in lab_containers(dc):
+        c.remove(force=True)
+        removed.append(c.name)
+    try:
+        dc.networks.get(NETWORK).remove()
+    except NotFound:
+        pass
+    inv = paths.lab_inventory_dir() / "hosts.yml"
+    inv.unlink(missing_ok=True)
+    return removed
+
+
+def status() -> list[tuple[str, str, str, str]]:
+    """(name, os, container state, systemd state) for each lab container."""
+    rows = []
+    for c in lab_containers(client()):
+        sd = "-"
+        if c.status == "running":
+            _, out = c.exec_run(["systemctl", "is-system-running"])
+            sd = out.decode().strip()
+        rows.append((c.name, c.labels.get("gpuprov.os", "?"), c.status, sd))
+    return rows

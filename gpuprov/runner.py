@@ -1,0 +1,249 @@
+"""Run playbooks and ad-hoc modules through the ansible-runner library.
+
+Every run gets its own private data directory, `.gpuprov/runs/<UTC time>-<command>/`, holding
+ansible-runner's artifacts and a `summary.json`. Nothing secret is written there: env files are
+suppressed, `no_log` results are censored by Ansible, and the recorded command line and
+environment are scrubbed after the run (extra-vars values and environment values are redacted).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ansible_runner
+
+from gpuprov import paths
+from gpuprov.events import RunTracker
+
+REDACTED = "<redacted>"
+STATS_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
+
+
+@dataclass
+class RunRequest:
+    """What to run: a playbook (relative to the repo) or an ad-hoc module."""
+
+    command: str
+    playbook: str | None = None
+    module: str | None = None
+    module_args: str | None = None
+    host_pattern: str = "all"
+    inventories: Sequence[str] = ()
+    limit: str | None = None
+    tags: str | None = None
+    skip_tags: str | None = None
+    extra_vars: Sequence[str] = ()
+    check: bool = False
+    diff: bool = False
+    verbosity: int = 0
+    vault_password_file: str | None = None
+
+
+@dataclass
+class HostRecap:
+    host: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass
+class RunResult:
+    rc: int
+    status: str
+    run_dir: Path
+    recaps: list[HostRecap]
+    tracker: RunTracker
+    duration_s: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.rc != 0 or any(r.failed or r.unreachable for r in self.recaps)
+
+
+def ansible_env() -> dict[str, str]:
+    """Environment every run gets: the repo's ansible.cfg, wherever gpuprov is called from."""
+    root = paths.repo_root()
+    return {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def build_cmdline(req: RunRequest) -> list[str]:
+    args: list[str] = []
+    if req.tags:
+        args += ["--tags", req.tags]
+    if req.skip_tags:
+        args += ["--skip-tags", req.skip_tags]
+    for ev in req.extra_vars:
+        args += ["-e", ev]
+    if req.check:
+        args.append("--check")
+    if req.diff:
+        args.append("--diff")
+    if req.vault_password_file:
+        args += ["--vault-password-file", str(Path(req.vault_password_file).resolve())]
+    return args
+
+
+def _scrub_command_file(path: Path) -> None:
+    """Redact extra-vars values and environment values from ansible-runner's `command` record."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    cmd = list(record.get("command") or [])
+    for i, arg in enumerate(cmd[:-1]):
+        if arg in ("-e", "--extra-vars") and not cmd[i + 1].startswith("@"):
+            cmd[i + 1] = REDACTED
+    record["command"] = cmd
+    record["env"] = {k: REDACTED for k in (record.get("env") or {})}
+    path.write_text(json.dumps(record), encoding="utf-8")
+
+
+def scrub_artifacts(run_dir: Path) -> None:
+    for command_file in run_dir.glob("artifacts/*/command"):
+        _scrub_command_file(command_file)
+
+
+def _recaps(stats: dict[str, Any] | None, tracker: RunTracker) -> list[HostRecap]:
+    stats = stats or {}
+    hosts = set(tracker.hosts)
+    for key in STATS_KEYS:
+        hosts.update((stats.get(key) or {}).keys())
+
+    def count(key: str, host: str) -> int:
+        return int((stats.get(key) or {}).get(host, 0))
+
+    out = []
+    for host in sorted(hosts):
+        progress = tracker.hosts.get(host)
+        out.append(
+            HostRecap(
+                host=host,
+                ok=count("ok", host),
+                changed=count("changed", host),
+                failed=count("failures", host),
+                unreachable=count("dark", host),
+                skipped=count("skipped", host),
+                duration_s=progress.duration_s if progress else 0.0,
+            )
+        )
+    return out
+
+
+def run(
+    req: RunRequest,
+    on_event: Callable[[RunTracker, dict[str, Any]], None] | None = None,
+    keep_events: bool = False,
+) -> RunResult:
+    """Run `req` through ansible_runner.run and return its result; writes summary.json."""
+    root = paths.repo_root()
+    run_dir = paths.new_run_dir(req.command)
+    tracker = RunTracker()
+    kept: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any]) -> bool:
+        tracker.handle(event)
+        if keep_events:
+            kept.append(event)
+        if on_event is not None:
+            on_event(tracker, event)
+        return True
+
+    kwargs: dict[str, Any] = dict(
+        private_data_dir=str(run_dir),
+        project_dir=str(root),
+        ident="run",
+        envvars={**ansible_env()},
+        cmdline=" ".join(_quote(a) for a in build_cmdline(req)),
+        suppress_env_files=True,
+        quiet=True,
+        event_handler=handler,
+        verbosity=req.verbosity or None,
+    )
+    if req.limit:
+        kwargs["limit"] = req.limit
+    # Without -i, ansible.cfg's default inventory (the lab) applies.
+    if req.inventories:
+        kwargs["inventory"] = [str(Path(i).resolve()) for i in req.inventories]
+    if req.playbook:
+        kwargs["playbook"] = str(root / req.playbook)
+    else:
+        kwargs["module"] = req.module
+        kwargs["module_args"] = req.module_args or ""
+        kwargs["host_pattern"] = req.host_pattern
+
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc)
+    r = ansible_runner.run(**kwargs)
+    duration = time.monotonic() - started
+    scrub_artifacts(run_dir)
+    result = RunResult(
+        rc=int(r.rc if r.rc is not None else 1),
+        status=str(r.status),
+        run_dir=run_dir,
+        recaps=_recaps(r.stats, tracker),
+        tracker=tracker,
+        duration_s=duration,
+        events=kept,
+    )
+    write_summary(req, result, started_at)
+    return result
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+
+
+def _quote(arg: str) -> str:
+    """Quote for ansible-runner's cmdline string (it splits with shlex)."""
+    if _SAFE.match(arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+def write_summary(req: RunRequest, result: RunResult, started_at: datetime) -> Path:
+    summary = {
+        "command": req.command,
+        "playbook": req.playbook,
+        "module": req.module,
+        "inventories": list(req.inventories),
+        "limit": req.limit,
+        "tags": req.tags,
+        "check": req.check,
+        # Only the names of extra-vars files; inline values may be secret.
+        "extra_vars_files": [e for e in req.extra_vars if e.startswith("@")],
+        "started": started_at.isoformat(),
+        "duration_s": round(result.duration_s, 3),
+        "rc": result.rc,
+        "status": result.status,
+        "hosts": {
+            r.host: {
+                "ok": r.ok,
+                "changed": r.changed,
+                "failed": r.failed,
+                "unreachable": r.unreachable,
+                "skipped": r.skipped,
+                "duration_s": round(r.duration_s, 3),
+            }
+            for r in result.recaps
+        },
+        "changes": [
+            {"host": c.host, "task": c.label(), "action": c.action} for c in result.tracker.changes
+        ],
+    }
+    path = result.run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return path
