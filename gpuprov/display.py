@@ -29,6 +29,13 @@ def recap_table(recaps: Sequence[HostRecap]) -> str:
     return table(("host", "ok", "changed", "failed", "unreachable", "skipped", "duration"), rows)
 
 
+def _total(tracker: RunTracker, done: int) -> str:
+    """"/N" from the listed task count; handlers and loops can push a host past it."""
+    if not tracker.task_total:
+        return ""
+    return f"/{max(tracker.task_total, done)}"
+
+
 class Progress:
     """Per-host progress: a redrawn block on a terminal, one plain line per task otherwise."""
 
@@ -53,18 +60,20 @@ class Progress:
             }.get(kind, "changed" if res.get("changed") else "ok")
             host = data.get("host", "?")
             done = tracker.hosts[host].done if host in tracker.hosts else 0
-            total = f"/{tracker.task_total}" if tracker.task_total else ""
-            self.stream.write(f"[{done}{total}] {host}: {state}: {data.get('task', '')}\n")
+            task = data.get("task", "")
+            if data.get("role"):
+                task = f"{data['role']} : {task}"
+            self.stream.write(f"[{done}{_total(tracker, done)}] {host}: {state}: {task}\n")
             self.stream.flush()
 
     def _redraw(self, tracker: RunTracker) -> None:
         out = self.stream
         if self._drawn:
             out.write(f"\x1b[{self._drawn}F")
-        total = f"/{tracker.task_total}" if tracker.task_total else ""
         lines = [f"play: {tracker.play}"]
         for hp in sorted(tracker.hosts.values(), key=lambda h: h.host):
             mark = " FAILED" if hp.failed_tasks else ""
+            total = _total(tracker, hp.done)
             lines.append(f"  {hp.host}: {hp.done}{total} tasks{mark}  {hp.current_task}"[:160])
         for line in lines:
             out.write("\x1b[2K" + line + "\n")

@@ -9,7 +9,9 @@ environment are scrubbed after the run (extra-vars values and environment values
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,7 +76,10 @@ class RunResult:
 def ansible_env() -> dict[str, str]:
     """Environment every run gets: the repo's ansible.cfg, wherever gpuprov is called from."""
     root = paths.repo_root()
+    # ansible-runner starts ansible-playbook from PATH: use the one beside this interpreter.
+    bindir = str(Path(sys.executable).parent)
     return {
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",

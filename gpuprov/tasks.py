@@ -11,12 +11,28 @@ import ansible_runner
 from gpuprov import paths
 from gpuprov.runner import RunRequest, ansible_env, build_cmdline
 
-_TASK_LINE = re.compile(r"^ {6}\S.*\tTAGS: \[")
+_TASK_LINE = re.compile(r"^ {6}(?:(?P<role>[\w.-]+) : )?\S.*\tTAGS: \[")
+_PLAY_LINE = re.compile(r"^  play #\d+ ")
 
 
 def count_listed_tasks(listing: str) -> int:
-    """Number of task lines in `--list-tasks` output (each ends with a TAGS field)."""
-    return sum(1 for line in listing.splitlines() if _TASK_LINE.match(line))
+    """Tasks one host goes through, from `--list-tasks` output.
+
+    The listing has one line per task; a run adds one fact-gathering task per play and one
+    argument-spec validation per role, which the listing does not show. Handlers are not counted.
+    """
+    tasks = 0
+    plays = 0
+    roles: set[str] = set()
+    for line in listing.splitlines():
+        if _PLAY_LINE.match(line):
+            plays += 1
+        m = _TASK_LINE.match(line)
+        if m:
+            tasks += 1
+            if m.group("role"):
+                roles.add(m.group("role"))
+    return tasks + plays + len(roles)
 
 
 def task_total(req: RunRequest, inventories: Sequence[str] = ()) -> int | None:

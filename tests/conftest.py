@@ -1,0 +1,46 @@
+"""Shared fixtures: the repository root, the gpuprov entry script, Docker availability."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GPUPROV = ROOT / "scripts" / "gpuprov"
+
+
+def run_gpuprov(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run scripts/gpuprov for real, as a user would (not a TTY: plain progress lines)."""
+    return subprocess.run(
+        [str(GPUPROV), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means no engine
+        pytest.fail(f"these tests need a running Docker engine (scripts/test starts one): {exc}")
+    for image in ("gpuprov/debian12-systemd:latest", "gpuprov/debian13-systemd:latest"):
+        try:
+            client.images.get(image)
+        except Exception:  # noqa: BLE001
+            pytest.fail(f"missing test image {image}: run scripts/build-test-images")
+    return client

@@ -1,0 +1,74 @@
+"""Run artifacts: summary.json is written, and secrets never land in .gpuprov/runs/."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from gpuprov.runner import RunRequest, run
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cr3t-Hf-T0ken-7f1c2a"
+
+
+def test_no_secret_in_artifacts(tmp_path, monkeypatch):
+    # A token in the caller's environment must not be recorded either.
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    playbook = tmp_path / "secret.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Use a secret",
+        "hosts": "all",
+        "gather_facts": False,
+        "tasks": [
+            {"name": "Write the token", "no_log": True,
+             "ansible.builtin.copy": {"content": "{{ hf_token }}", "dest": str(tmp_path / "token"),
+                                      "mode": "0600"}},
+            {"name": "Fail with the token in a no_log task", "no_log": True,
+             "ansible.builtin.command": "false {{ hf_token }}", "ignore_errors": True,
+             "changed_when": False},
+        ],
+    }]))
+    vault_like = tmp_path / "secrets.yml"
+    vault_like.write_text(yaml.safe_dump({"other_secret": SECRET + "-file"}))
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    result = run(
+        RunRequest(
+            command="test-secrets",
+            playbook=str(playbook),
+            inventories=[str(inv)],
+            extra_vars=[f"hf_token={SECRET}", f"@{vault_like}"],
+        ),
+    )
+    assert result.rc == 0, result.run_dir
+    assert (tmp_path / "token").read_text() == SECRET  # the secret was really used
+    leaked = [
+        str(p) for p in result.run_dir.rglob("*")
+        if p.is_file() and SECRET in p.read_text(errors="replace")
+    ]
+    assert leaked == []
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["rc"] == 0
+    assert summary["extra_vars_files"] == [f"@{vault_like}"]
+    assert summary["hosts"]["localhost"]["changed"] == 1
+
+
+def test_run_dir_layout(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    result = run(RunRequest(command="test-layout", module="ansible.builtin.ping",
+                            host_pattern="localhost", inventories=[str(inv)]))
+    assert result.rc == 0
+    assert [r.host for r in result.recaps] == ["localhost"]
+    rel = result.run_dir.relative_to(ROOT / ".gpuprov" / "runs")
+    assert rel.name.endswith("-test-layout")
+    assert (result.run_dir / "summary.json").exists()
+    assert (result.run_dir / "artifacts" / "run" / "job_events").is_dir()
+    assert not (result.run_dir / "env" / "extravars").exists()
+    assert os.stat(result.run_dir / "artifacts" / "run" / "command").st_mode & 0o077 == 0

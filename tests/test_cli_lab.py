@@ -1,0 +1,89 @@
+"""End to end through scripts/gpuprov: lab up applies site.yml to a real systemd container, a second
+apply changes nothing, check finds no drift, a hand edit on the host is found as drift (exit 2) and
+corrected by apply, facts shows the host, lab down removes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_gpuprov
+
+HOST = "gpuprov-lab-gpu1"
+
+
+def _summary(stdout: str) -> dict:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("artifacts: ")][-1]
+    return json.loads((Path(line.split(": ", 1)[1]) / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lab(docker_client):
+    run_gpuprov("lab", "down")
+    up = run_gpuprov("lab", "up")
+    yield up
+    down = run_gpuprov("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert HOST in down.stdout
+
+
+def test_lab_up_applies_site(lab):
+    assert lab.returncode == 0, lab.stdout[-3000:] + lab.stderr[-3000:]
+    assert (ROOT / "inventories" / "lab" / "hosts.yml").exists()
+    # Plain progress lines (not a terminal): "[done/total] host: state: task".
+    assert f"] {HOST}: changed: base : Write the kernel settings" in lab.stdout
+    summary = _summary(lab.stdout)
+    assert summary["command"] == "apply"
+    assert summary["hosts"][HOST]["failed"] == 0
+    assert summary["hosts"][HOST]["changed"] > 0
+    # The recap table has the host's row.
+    assert any(ln.startswith(HOST) for ln in lab.stdout.splitlines())
+
+
+def test_second_apply_changes_nothing(lab):
+    again = run_gpuprov("apply")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert _summary(again.stdout)["hosts"][HOST]["changed"] == 0
+
+
+def test_check_reports_no_drift(lab):
+    check = run_gpuprov("check")
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert "no changes: the hosts match the repository" in check.stdout
+
+
+def test_drift_is_found_and_corrected(lab, docker_client):
+    container = docker_client.containers.get(HOST)
+    rc, _ = container.exec_run(["sed", "-i", "s/^vm.swappiness = .*/vm.swappiness = 60/",
+                                "/etc/sysctl.d/90-gpuprov.conf"])
+    assert rc == 0
+    check = run_gpuprov("check")
+    assert check.returncode == 2, check.stdout[-3000:]
+    assert f"{HOST}: 1 task(s) would change" in check.stdout
+    assert "  - base : Write the kernel settings" in check.stdout
+    # check mode changed nothing on the host
+    _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
+    assert b"vm.swappiness = 60" in content
+    fix = run_gpuprov("apply", "--tags", "base_configure")
+    assert fix.returncode == 0
+    _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
+    assert b"vm.swappiness = 10" in content
+    assert run_gpuprov("check").returncode == 0
+
+
+def test_facts_table(lab):
+    facts = run_gpuprov("facts")
+    assert facts.returncode == 0, facts.stderr
+    lines = facts.stdout.splitlines()
+    assert lines[0].split() == ["host", "os", "kernel", "cpu", "memory", "gpus", "driver"]
+    row = [ln for ln in lines if ln.startswith(HOST)]
+    assert len(row) == 1 and "Debian 12" in row[0] and "GiB" in row[0]
+
+
+def test_lab_status(lab):
+    status = run_gpuprov("lab", "status")
+    assert status.returncode == 0
+    row = [ln for ln in status.stdout.splitlines() if ln.startswith(HOST)]
+    assert row and "running" in row[0] and "debian12" in row[0]

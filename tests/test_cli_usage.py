@@ -1,0 +1,34 @@
+"""CLI contract: help, exit codes, and refusing to run without an inventory."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuprov import cli
+
+
+def test_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for code in ("0   success", "1   a task failed", "2   check: changes found", "64  bad command-line usage"):
+        assert code in out
+
+
+def test_bad_usage_exits_64(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["frobnicate"])
+    assert exc.value.code == cli.EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_lab_rejects_zero_hosts(capsys):
+    assert cli.main(["lab", "up", "--hosts", "0", "--no-apply"]) == cli.EXIT_USAGE
+    assert "at least one host" in capsys.readouterr().err
+
+
+def test_apply_without_inventory_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli.paths, "lab_inventory_dir", lambda: tmp_path)
+    assert cli.main(["apply"]) == cli.EXIT_FAILED
+    assert "run `gpuprov lab up` first" in capsys.readouterr().err

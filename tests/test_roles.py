@@ -1,0 +1,76 @@
+"""Every role follows the project's conventions: argument_specs in sync with defaults, every
+default documented in the role README, role-prefixed variable names, phase tags, a Molecule
+scenario, and a namespace in meta/main.yml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
+
+
+def _yaml(path: Path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _is_template(value) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+@pytest.fixture(params=ROLES, ids=[r.name for r in ROLES])
+def role(request) -> Path:
+    return request.param
+
+
+def test_there_are_roles():
+    assert "base" in [r.name for r in ROLES]
+
+
+def test_argument_specs_match_defaults(role):
+    defaults = _yaml(role / "defaults" / "main.yml")
+    options = _yaml(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    assert sorted(defaults) == sorted(options), "defaults and argument_specs name different variables"
+    for name, spec in options.items():
+        value = defaults[name]
+        if "default" in spec:
+            assert not _is_template(value), f"{name}: a templated default cannot be stated in the spec"
+            assert spec["default"] == value, f"{name}: spec default {spec['default']!r} != {value!r}"
+        elif value is not None and not _is_template(value):
+            pytest.fail(f"{name}: argument_specs should state the default {value!r}")
+        assert spec.get("description"), f"{name}: no description"
+
+
+def test_defaults_are_role_prefixed(role):
+    for name in _yaml(role / "defaults" / "main.yml"):
+        assert name.startswith(f"{role.name}_"), name
+
+
+def test_every_default_is_documented(role):
+    readme = (role / "README.md").read_text()
+    for name in _yaml(role / "defaults" / "main.yml"):
+        assert f"`{name}`" in readme, f"{name} is not documented in {role.name}/README.md"
+
+
+def test_meta_has_namespace(role):
+    info = _yaml(role / "meta" / "main.yml")["galaxy_info"]
+    assert info["namespace"] == "gpuprov"
+    assert info["role_name"] == role.name
+
+
+def test_phase_tags(role):
+    tags = set()
+    for entry in _yaml(role / "tasks" / "main.yml"):
+        tags.update(entry.get("tags", []))
+    for phase in ("install", "configure", "run"):
+        assert f"{role.name}_{phase}" in tags
+
+
+def test_molecule_scenario_with_testinfra(role):
+    scenarios = list((role / "molecule").glob("*/molecule.yml"))
+    assert scenarios
+    for s in scenarios:
+        assert list(s.parent.glob("tests/test_*.py")), f"{s.parent} has no testinfra tests"
