@@ -87,3 +87,24 @@ def test_lab_status(lab):
     assert status.returncode == 0
     row = [ln for ln in status.stdout.splitlines() if ln.startswith(HOST)]
     assert row and "running" in row[0] and "debian12" in row[0]
+
+
+@pytest.mark.parametrize(
+    "extra, failing_task, message",
+    [
+        ("base_swappiness=150", "base : Check the role's variables", "base_swappiness must be 0-100 (is 150)"),
+        ("base_nofile_limit=lots", "base : Validating arguments against arg spec", "base_nofile_limit"),
+    ],
+)
+def test_bad_input_fails_before_any_change(lab, docker_client, extra, failing_task, message):
+    container = docker_client.containers.get(HOST)
+    _, before = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
+    bad = run_gpuprov("apply", "-e", extra)
+    assert bad.returncode == 1
+    assert f"FAILED {HOST}: {failing_task.split(' : ', 1)[1]}" in bad.stdout
+    summary = _summary(bad.stdout)
+    assert summary["hosts"][HOST]["changed"] == 0 and summary["hosts"][HOST]["failed"] == 1
+    stdout_file = Path(bad.stdout.split("artifacts: ")[-1].strip()) / "artifacts" / "run" / "stdout"
+    assert message in stdout_file.read_text()
+    _, after = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
+    assert before == after
