@@ -65,7 +65,9 @@ def test_phase_tags(role):
     tags = set()
     for entry in _yaml(role / "tasks" / "main.yml"):
         tags.update(entry.get("tags", []))
-    for phase in ("install", "configure", "run"):
+    # Every role installs and runs something; a configure phase where the role has one.
+    phases = ["install", "run"] + (["configure"] if (role / "tasks" / "configure.yml").exists() else [])
+    for phase in phases:
         assert f"{role.name}_{phase}" in tags
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from checkmode import assert_no_changes_in_check_mode
+from gpuprov_molecule import assert_no_changes_in_check_mode
 
 
 def test_apt_sources_have_gpu_components(host):

@@ -1,0 +1,162 @@
+"""nvidia_driver with the distro method on Debian 12 and 13 containers (no GPU): packages installed
+and held, nouveau blacklisted, persistenced enabled, the fact valid; zero changes in check mode; bad
+input fails before any change with a message naming the variable."""
+
+import json
+
+import pytest
+
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, run_role
+
+BRANCH = {"12": "535", "13": "550"}
+PACKAGES = ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1"]
+
+
+def _major(host):
+    return host.system_info.release.split(".")[0]
+
+
+@pytest.mark.parametrize("pkg", PACKAGES + ["nvidia-persistenced", "firmware-misc-nonfree"])
+def test_driver_packages_installed(host, pkg):
+    assert host.package(pkg).is_installed
+
+
+def test_distro_branch(host):
+    assert host.package("nvidia-smi").version.startswith(BRANCH[_major(host)] + ".")
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_driver_packages_held(host, pkg):
+    name, selection = host.run(f"dpkg --get-selections {pkg}").stdout.split()
+    assert name.split(":")[0] == pkg  # multi-arch packages are listed as name:arch
+    assert selection == "hold"
+
+
+def test_nouveau_blacklisted(host):
+    conf = host.file("/etc/modprobe.d/gpuprov-blacklist-nouveau.conf")
+    assert conf.mode == 0o644
+    assert "blacklist nouveau" in conf.content_string
+    assert "options nouveau modeset=0" in conf.content_string
+
+
+def test_persistenced_enabled(host):
+    assert host.service("nvidia-persistenced").is_enabled
+
+
+def test_fact_with_driver_packages_and_no_gpu(host):
+    fact = json.loads(host.check_output("/etc/ansible/facts.d/gpu.fact"))
+    assert fact["status"] == "no_gpu"
+    # The NVML library of the installed branch is found even though no module can load here.
+    assert fact["nvml_library_version"].startswith(BRANCH[_major(host)] + ".")
+    assert fact["loaded_module_version"] is None
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.mark.parametrize(
+    "extra, task, words",
+    [
+        ({"nvidia_driver_method": "bogus"}, "Validating arguments", "nvidia_driver_method"),
+        ({"nvidia_driver_branch": "53x"}, "Check the branch and version", "nvidia_driver_branch must be"),
+        ({"nvidia_driver_method": "distro", "nvidia_driver_branch": "470"},
+         "Check the distribution packages this branch", "packages only branch"),
+        ({"nvidia_driver_version": "550.1-1", "nvidia_driver_branch": "535"},
+         "Check the branch and version", "nvidia_driver_version"),
+    ],
+)
+def test_bad_input_fails_before_any_change(extra, task, words):
+    result, events = run_role("nvidia_driver", extra, pre_roles=("gpu_facts",))
+    failures = failed_tasks(events)
+    assert len(failures) == 2, failures  # both platforms
+    assert all(task in t and words in msg for _, t, msg in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)
+
+
+def test_cuda_repo_refused_on_debian13():
+    result, events = run_role("nvidia_driver", {"nvidia_driver_method": "cuda_repo"},
+                              pre_roles=("gpu_facts",), limit="gpuprov-debian13")
+    failures = failed_tasks(events)
+    assert len(failures) == 1
+    _, task, msg = failures[0]
+    assert task == "Check the CUDA repository serves this distribution"
+    assert "supported here for Debian-12, Ubuntu-22, Ubuntu-24, not Debian 13" in msg
+    assert result.recaps[0].changed == 0
+
+
+@pytest.fixture(scope="module")
+def debian12():
+    import os
+
+    import testinfra
+
+    return testinfra.get_host(
+        "ansible://gpuprov-debian12?ansible_inventory=" + os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def test_cuda_repo_unreachable_changes_nothing(debian12):
+    result, events = run_role(
+        "nvidia_driver",
+        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": "http://127.0.0.1:9/repos"},
+        pre_roles=("gpu_facts",), limit="gpuprov-debian12")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Stop when the CUDA repository does not answer"]
+    assert "http://127.0.0.1:9/repos/debian12/x86_64 does not answer" in failures[0][2]
+    assert result.recaps[0].changed == 0
+    assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
+
+
+@pytest.fixture(scope="module")
+def local_cuda_mirror(debian12):
+    """A stand-in for NVIDIA's repository on the instance: an InRelease file and a signing key
+    (a fresh test key, so its fingerprint is not NVIDIA's), served over HTTP on loopback."""
+    repo = "/srv/fakecuda/repos/debian12/x86_64"
+    script = f"""
+set -e
+mkdir -p {repo}
+export GNUPGHOME=$(mktemp -d)
+gpg --batch --passphrase '' --quick-gen-key 'gpuprov test key <test@example.invalid>' ed25519 sign never
+gpg --batch --armor --export > {repo}/3bf863cc.pub
+gpg --batch --with-colons --list-keys | awk -F: '/^fpr/ {{print $10; exit}}' > /srv/fakecuda/fpr
+echo 'not a real release file' > {repo}/InRelease
+nohup python3 -m http.server 8089 --bind 127.0.0.1 --directory /srv/fakecuda >/dev/null 2>&1 &
+for i in $(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:8089/repos/debian12/x86_64/InRelease && exit 0; sleep 0.2; done
+exit 1
+"""
+    debian12.check_output("bash -c %s", script)
+    yield {"base": "http://127.0.0.1:8089/repos", "fpr": debian12.file("/srv/fakecuda/fpr").content_string.strip()}
+    debian12.run("pkill -f 'http.server 8089'")
+
+
+def test_cuda_repo_key_with_wrong_fingerprint_is_refused(debian12, local_cuda_mirror):
+    result, events = run_role(
+        "nvidia_driver",
+        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": local_cuda_mirror["base"]},
+        pre_roles=("gpu_facts",), limit="gpuprov-debian12")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check the key is NVIDIA's"]
+    assert "EB693B3035CD5710E231E123A4B469963BF863CC" in failures[0][2]
+    assert result.recaps[0].changed == 0
+    assert not debian12.file("/usr/share/keyrings/nvidia-cuda-archive-keyring.asc").exists
+    assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
+
+
+def test_cuda_repo_configuration_rendered(debian12, local_cuda_mirror):
+    # Check mode against the stand-in mirror: the key passes, the keyring and the deb822 source
+    # are rendered (seen as diffs); no package can be resolved from the stand-in, so the run stops
+    # at the package step, having changed nothing on the host.
+    result, events = run_role(
+        "nvidia_driver",
+        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": local_cuda_mirror["base"],
+         "nvidia_driver_cuda_repo_key_fingerprint": local_cuda_mirror["fpr"]},
+        pre_roles=("gpu_facts",), limit="gpuprov-debian12", check=True)
+    changes = {c.task: c for c in result.tracker.changes}
+    assert "Install the repository key" in changes
+    source = changes["Write the CUDA repository source"].diff[0]["after"]
+    assert "URIs: http://127.0.0.1:8089/repos/debian12/x86_64/" in source
+    assert "Suites: /" in source
+    assert "Signed-By: /usr/share/keyrings/nvidia-cuda-archive-keyring.asc" in source
+    assert "driver branch 580" in source
+    assert [t for _, t, _ in failed_tasks(events)] == ["Install the driver packages"]
+    assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
