@@ -80,6 +80,8 @@ def test_facts_table(lab):
     assert lines[0].split() == ["host", "os", "kernel", "cpu", "memory", "gpus", "driver"]
     row = [ln for ln in lines if ln.startswith(HOST)]
     assert len(row) == 1 and "Debian 12" in row[0] and "GiB" in row[0]
+    # The gpu fact (site.yml's GPU stack) is read: a container has no GPU and no loaded driver.
+    assert row[0].split()[-2:] == ["none", "-"]
 
 
 def test_lab_status(lab):
