@@ -24,6 +24,18 @@ def run_gpuprov(*args: str, timeout: int = 900, env: dict | None = None) -> subp
     )
 
 
+def write_local_inventory(path: Path, group: str = "all") -> Path:
+    """An inventory file with localhost (local connection, this interpreter) in `group`."""
+    import sys
+
+    import yaml
+
+    host = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}
+    body = {"all": {"hosts": host}} if group == "all" else {group: {"hosts": host}}
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import write_local_inventory
 
 from gpuprov.runner import RunRequest, run
 
@@ -34,9 +34,7 @@ def test_no_secret_in_artifacts(tmp_path, monkeypatch):
     }]))
     vault_like = tmp_path / "secrets.yml"
     vault_like.write_text(yaml.safe_dump({"other_secret": SECRET + "-file"}))
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    inv = write_local_inventory(tmp_path / "hosts.yml")
     result = run(
         RunRequest(
             command="test-secrets",
@@ -59,9 +57,7 @@ def test_no_secret_in_artifacts(tmp_path, monkeypatch):
 
 
 def test_run_dir_layout(tmp_path):
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    inv = write_local_inventory(tmp_path / "hosts.yml")
     result = run(RunRequest(command="test-layout", module="ansible.builtin.ping",
                             host_pattern="localhost", inventories=[str(inv)]))
     assert result.rc == 0

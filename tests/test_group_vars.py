@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_local_inventory
 
 from gpuprov.runner import RunRequest, run
 
@@ -47,10 +47,7 @@ def playbook_in_playbooks_dir():
 def _inventory(tmp_path: Path, group_vars: dict[str, dict]) -> Path:
     inv = tmp_path / "inventory"
     (inv / "group_vars").mkdir(parents=True)
-    (inv / "hosts.yml").write_text(yaml.safe_dump({
-        "gpu_servers": {"hosts": {"localhost": {
-            "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}
-    }))
+    write_local_inventory(inv / "hosts.yml", group="gpu_servers")
     for group, values in group_vars.items():
         (inv / "group_vars" / f"{group}.yml").write_text(yaml.safe_dump(values))
     return inv
