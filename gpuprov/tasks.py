@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import ansible_runner
@@ -54,7 +55,7 @@ def task_total(req: RunRequest, inventories: Sequence[str] = ()) -> int | None:
         if req.limit:
             kwargs["limit"] = req.limit
         if inventories:
-            kwargs["inventory"] = list(inventories)
+            kwargs["inventory"] = [str(Path(i).resolve()) for i in inventories]
         r = ansible_runner.run(**kwargs)
         if r.rc != 0:
             return None
