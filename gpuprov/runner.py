@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,7 +66,6 @@ class RunResult:
     recaps: list[HostRecap]
     tracker: RunTracker
     duration_s: float
-    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -152,18 +151,14 @@ def _recaps(stats: dict[str, Any] | None, tracker: RunTracker) -> list[HostRecap
 def run(
     req: RunRequest,
     on_event: Callable[[RunTracker, dict[str, Any]], None] | None = None,
-    keep_events: bool = False,
 ) -> RunResult:
     """Run `req` through ansible_runner.run and return its result; writes summary.json."""
     root = paths.repo_root()
     run_dir = paths.new_run_dir(req.command)
     tracker = RunTracker()
-    kept: list[dict[str, Any]] = []
 
     def handler(event: dict[str, Any]) -> bool:
         tracker.handle(event)
-        if keep_events:
-            kept.append(event)
         if on_event is not None:
             on_event(tracker, event)
         return True
@@ -203,7 +198,6 @@ def run(
         recaps=_recaps(r.stats, tracker),
         tracker=tracker,
         duration_s=duration,
-        events=kept,
     )
     write_summary(req, result, started_at)
     return result
