@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -83,6 +83,11 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
+
+
+def cmdline_string(args: list[str]) -> str:
+    """ansible-runner takes extra command-line options as one string and splits it with shlex."""
+    return shlex.join(args)
 
 
 def build_cmdline(req: RunRequest) -> list[str]:
@@ -168,7 +173,7 @@ def run(
         project_dir=str(root),
         ident="run",
         envvars={**ansible_env()},
-        cmdline=" ".join(_quote(a) for a in build_cmdline(req)),
+        cmdline=cmdline_string(build_cmdline(req)),
         suppress_env_files=True,
         quiet=True,
         event_handler=handler,
@@ -201,16 +206,6 @@ def run(
     )
     write_summary(req, result, started_at)
     return result
-
-
-_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
-
-
-def _quote(arg: str) -> str:
-    """Quote for ansible-runner's cmdline string (it splits with shlex)."""
-    if _SAFE.match(arg):
-        return arg
-    return "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
 def write_summary(req: RunRequest, result: RunResult, started_at: datetime) -> Path:

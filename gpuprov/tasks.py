@@ -10,7 +10,7 @@ from typing import Sequence
 import ansible_runner
 
 from gpuprov import paths
-from gpuprov.runner import RunRequest, ansible_env, build_cmdline
+from gpuprov.runner import RunRequest, ansible_env, build_cmdline, cmdline_string
 
 _TASK_LINE = re.compile(r"^ {6}(?:(?P<role>[\w.-]+) : )?\S.*\tTAGS: \[")
 _PLAY_LINE = re.compile(r"^  play #\d+ ")
@@ -48,7 +48,7 @@ def task_total(req: RunRequest, inventories: Sequence[str] = ()) -> int | None:
             project_dir=str(root),
             playbook=str(root / req.playbook),
             envvars=ansible_env(),
-            cmdline=" ".join(cmdline),
+            cmdline=cmdline_string(cmdline),
             suppress_env_files=True,
             quiet=True,
         )
