@@ -95,11 +95,14 @@ def debian12():
         "ansible://gpuprov-debian12?ansible_inventory=" + os.environ["MOLECULE_INVENTORY_FILE"])
 
 
+def _cuda_repo_on_debian12(base_url, check=False, **extra):
+    """Apply nvidia_driver with method cuda_repo and this repository URL to the Debian 12 instance."""
+    extra_vars = {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": base_url, **extra}
+    return run_role("nvidia_driver", extra_vars, pre_roles=("gpu_facts",), limit="gpuprov-debian12", check=check)
+
+
 def test_cuda_repo_unreachable_changes_nothing(debian12):
-    result, events = run_role(
-        "nvidia_driver",
-        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": "http://127.0.0.1:9/repos"},
-        pre_roles=("gpu_facts",), limit="gpuprov-debian12")
+    result, events = _cuda_repo_on_debian12("http://127.0.0.1:9/repos")
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Stop when the CUDA repository does not answer"]
     assert "http://127.0.0.1:9/repos/debian12/x86_64 does not answer" in failures[0][2]
@@ -130,10 +133,7 @@ exit 1
 
 
 def test_cuda_repo_key_with_wrong_fingerprint_is_refused(debian12, local_cuda_mirror):
-    result, events = run_role(
-        "nvidia_driver",
-        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": local_cuda_mirror["base"]},
-        pre_roles=("gpu_facts",), limit="gpuprov-debian12")
+    result, events = _cuda_repo_on_debian12(local_cuda_mirror["base"])
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Check the key is NVIDIA's"]
     assert "EB693B3035CD5710E231E123A4B469963BF863CC" in failures[0][2]
@@ -146,11 +146,8 @@ def test_cuda_repo_configuration_rendered(debian12, local_cuda_mirror):
     # Check mode against the stand-in mirror: the key passes, the keyring and the deb822 source
     # are rendered (seen as diffs); no package can be resolved from the stand-in, so the run stops
     # at the package step, having changed nothing on the host.
-    result, events = run_role(
-        "nvidia_driver",
-        {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": local_cuda_mirror["base"],
-         "nvidia_driver_cuda_repo_key_fingerprint": local_cuda_mirror["fpr"]},
-        pre_roles=("gpu_facts",), limit="gpuprov-debian12", check=True)
+    result, events = _cuda_repo_on_debian12(
+        local_cuda_mirror["base"], check=True, nvidia_driver_cuda_repo_key_fingerprint=local_cuda_mirror["fpr"])
     changes = {c.task: c for c in result.tracker.changes}
     assert "Install the repository key" in changes
     source = changes["Write the CUDA repository source"].diff[0]["after"]
