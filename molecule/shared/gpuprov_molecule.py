@@ -73,3 +73,37 @@ def check_mode_changes(playbook: str | None = None) -> list[str]:
 def assert_no_changes_in_check_mode(playbook: str | None = None) -> None:
     changes = check_mode_changes(playbook)
     assert changes == [], "check mode after converge reports changes:\n" + "\n".join(changes)
+
+
+def instance(name: str):
+    """A testinfra host for one Molecule instance (for tests that target one platform)."""
+    import testinfra
+
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+
+
+def serve_stand_in_repository(host, repo_path: str, key_name: str, port: int) -> dict[str, str]:
+    """A stand-in for an NVIDIA apt repository on the instance: an InRelease file and a signing key
+    (a fresh test key, so its fingerprint is not NVIDIA's) under /srv/standin/<repo_path>, served
+    over HTTP on loopback. Returns the base URL and the test key's fingerprint; stop it with
+    `stop_stand_in_repository(host, port)`."""
+    repo = f"/srv/standin/{repo_path.strip('/')}"
+    script = f"""
+set -e
+mkdir -p {repo}
+export GNUPGHOME=$(mktemp -d)
+gpg --batch --passphrase '' --quick-gen-key 'gpuprov test key <test@example.invalid>' ed25519 sign never
+gpg --batch --armor --export > {repo}/{key_name}
+gpg --batch --with-colons --list-keys | awk -F: '/^fpr/ {{print $10; exit}}' > /srv/standin/fpr-{port}
+echo 'not a real release file' > {repo}/InRelease
+nohup python3 -m http.server {port} --bind 127.0.0.1 --directory /srv/standin >/dev/null 2>&1 &
+for i in $(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:{port}/{repo_path.strip('/')}/InRelease && exit 0; sleep 0.2; done
+exit 1
+"""
+    host.check_output("bash -c %s", script)
+    return {"base": f"http://127.0.0.1:{port}",
+            "fpr": host.file(f"/srv/standin/fpr-{port}").content_string.strip()}
+
+
+def stop_stand_in_repository(host, port: int) -> None:
+    host.run(f"pkill -f 'http.server {port}'")

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, run_role
+from gpuprov_molecule import (
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+    serve_stand_in_repository,
+    stop_stand_in_repository,
+)
 
 BRANCH = {"12": "535", "13": "550"}
 PACKAGES = ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1"]
@@ -87,12 +94,7 @@ def test_cuda_repo_refused_on_debian13():
 
 @pytest.fixture(scope="module")
 def debian12():
-    import os
-
-    import testinfra
-
-    return testinfra.get_host(
-        "ansible://gpuprov-debian12?ansible_inventory=" + os.environ["MOLECULE_INVENTORY_FILE"])
+    return instance("gpuprov-debian12")
 
 
 def _cuda_repo_on_debian12(base_url, check=False, **extra):
@@ -104,32 +106,17 @@ def _cuda_repo_on_debian12(base_url, check=False, **extra):
 def test_cuda_repo_unreachable_changes_nothing(debian12):
     result, events = _cuda_repo_on_debian12("http://127.0.0.1:9/repos")
     failures = failed_tasks(events)
-    assert [t for _, t, _ in failures] == ["Stop when the CUDA repository does not answer"]
-    assert "http://127.0.0.1:9/repos/debian12/x86_64 does not answer" in failures[0][2]
+    assert [t for _, t, _ in failures] == ["Stop when the repository does not answer"]
+    assert "NVIDIA's CUDA repository http://127.0.0.1:9/repos/debian12/x86_64 does not answer" in failures[0][2]
     assert result.recaps[0].changed == 0
     assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
 
 
 @pytest.fixture(scope="module")
 def local_cuda_mirror(debian12):
-    """A stand-in for NVIDIA's repository on the instance: an InRelease file and a signing key
-    (a fresh test key, so its fingerprint is not NVIDIA's), served over HTTP on loopback."""
-    repo = "/srv/fakecuda/repos/debian12/x86_64"
-    script = f"""
-set -e
-mkdir -p {repo}
-export GNUPGHOME=$(mktemp -d)
-gpg --batch --passphrase '' --quick-gen-key 'gpuprov test key <test@example.invalid>' ed25519 sign never
-gpg --batch --armor --export > {repo}/3bf863cc.pub
-gpg --batch --with-colons --list-keys | awk -F: '/^fpr/ {{print $10; exit}}' > /srv/fakecuda/fpr
-echo 'not a real release file' > {repo}/InRelease
-nohup python3 -m http.server 8089 --bind 127.0.0.1 --directory /srv/fakecuda >/dev/null 2>&1 &
-for i in $(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:8089/repos/debian12/x86_64/InRelease && exit 0; sleep 0.2; done
-exit 1
-"""
-    debian12.check_output("bash -c %s", script)
-    yield {"base": "http://127.0.0.1:8089/repos", "fpr": debian12.file("/srv/fakecuda/fpr").content_string.strip()}
-    debian12.run("pkill -f 'http.server 8089'")
+    served = serve_stand_in_repository(debian12, "repos/debian12/x86_64", "3bf863cc.pub", 8089)
+    yield {"base": served["base"] + "/repos", "fpr": served["fpr"]}
+    stop_stand_in_repository(debian12, 8089)
 
 
 def test_cuda_repo_key_with_wrong_fingerprint_is_refused(debian12, local_cuda_mirror):
@@ -150,10 +137,12 @@ def test_cuda_repo_configuration_rendered(debian12, local_cuda_mirror):
         local_cuda_mirror["base"], check=True, nvidia_driver_cuda_repo_key_fingerprint=local_cuda_mirror["fpr"])
     changes = {c.task: c for c in result.tracker.changes}
     assert "Install the repository key" in changes
-    source = changes["Write the CUDA repository source"].diff[0]["after"]
+    source = changes["Write the repository source"].diff[0]["after"]
     assert "URIs: http://127.0.0.1:8089/repos/debian12/x86_64/" in source
     assert "Suites: /" in source
     assert "Signed-By: /usr/share/keyrings/nvidia-cuda-archive-keyring.asc" in source
-    assert "driver branch 580" in source
-    assert [t for _, t, _ in failed_tasks(events)] == ["Install the driver packages"]
+    assert "NVIDIA's CUDA repository: a flat apt repository" in source
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Install the driver packages"]
+    assert "cuda-drivers-580" in failures[0][2]  # the default branch of the CUDA repository
     assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
