@@ -1,0 +1,233 @@
+"""models on Debian 12 (from the mirror container) and Debian 13 (pushed from the controller):
+tiny-deepseek in place, verified, root:gpuprov 0440, `current` switched; zero changes in check
+mode. Against the mirror: a new revision is fetched; a corrupted update is refused and the old model
+stays; an interrupted download resumes with an HTTP range; too little disk fails before fetching;
+the hf source against a stand-in of the hub's layout (token required, never shown); path verifies
+only; bad input fails in preflight."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+SHIPPED = json.loads((Path(__file__).resolve().parents[3] / "files/tiny-deepseek/manifest.json").read_text())
+ROOT = "/var/lib/gpuprov/models"
+TOKEN = "hf_gpuprov_test_token_7c1e"  # the mirror's nginx wants exactly this one
+D12 = "gpuprov-debian12"
+# The host-level tests run on the model hosts, not on the mirror.
+testinfra_hosts = [f"ansible://gpu_servers?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
+
+
+def test_model_in_place(host):
+    base = f"{ROOT}/tiny-deepseek"
+    assert host.file(f"{base}/current").is_symlink
+    assert host.file(f"{base}/current").linked_to == f"{base}/{SHIPPED['revision']}"
+    d = host.file(base)
+    assert (d.user, d.group, d.mode) == ("root", "gpuprov", 0o750)
+    for f in SHIPPED["files"]:
+        fh = host.file(f"{base}/current/{f['path']}")
+        assert (fh.user, fh.group, fh.mode) == ("root", "gpuprov", 0o440)
+        assert fh.sha256sum == f["sha256"]
+    recorded = json.loads(host.file(f"{base}/current/gpuprov-manifest.json").content_string)
+    assert [(f["path"], f["sha256"]) for f in recorded["files"]] == [(f["path"], f["sha256"]) for f in SHIPPED["files"]]
+    assert not host.file(f"{base}/.incoming").exists or host.run(f"ls -A {base}/.incoming").stdout == ""
+
+
+def test_model_fact(host):
+    fact = json.loads(host.file("/etc/ansible/facts.d/model.fact").content_string)
+    assert fact == {"name": "tiny-deepseek", "revision": SHIPPED["revision"], "path": f"{ROOT}/tiny-deepseek/current",
+                    "architecture": "Qwen2ForCausalLM", "repo": ""}
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.fixture(scope="module")
+def mirror():
+    return instance("gpuprov-mirror")
+
+
+@pytest.fixture(scope="module")
+def d12():
+    return instance(D12)
+
+
+PUBLISH = r"""
+import hashlib, json, os, shutil, sys
+name, revision, corrupt = sys.argv[1], sys.argv[2], sys.argv[3] == "corrupt"
+src, dst = "/srv/mirror/tiny-deepseek", f"/srv/mirror/{name}"
+shutil.rmtree(dst, ignore_errors=True)
+shutil.copytree(src, dst)
+cfg = json.load(open(f"{dst}/config.json"))
+cfg["gpuprov_test_revision"] = revision          # new content, new checksum
+json.dump(cfg, open(f"{dst}/config.json", "w"))
+files = []
+for f in sorted(os.listdir(dst)):
+    if f != "manifest.json":
+        data = open(f"{dst}/{f}", "rb").read()
+        files.append({"path": f, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+json.dump({"name": name, "revision": revision, "files": files}, open(f"{dst}/manifest.json", "w"))
+if corrupt:  # config.json differs in every revision (no reuse): one byte changed after the manifest
+    with open(f"{dst}/config.json", "r+b") as fh:
+        fh.seek(10); b = fh.read(1); fh.seek(10); fh.write(bytes([b[0] ^ 0x01]))
+os.system(f"chmod -R a+rX {dst}")
+print(json.dumps(files))
+"""
+
+
+def _publish(mirror, name, revision, corrupt=False):
+    return json.loads(mirror.check_output("python3 -c %s %s %s %s", PUBLISH, name, revision,
+                                          "corrupt" if corrupt else "ok"))
+
+
+def _entry(revision, repo=""):
+    return {"repo": repo, "revision": revision, "architecture": "Qwen2ForCausalLM", "params_b": 0.0002,
+            "dtypes": ["float32"], "weights_gib": 0.001, "min_gpus": 0, "files": ["*.json", "*.safetensors"]}
+
+
+def _from_mirror(name, revision, **extra):
+    return run_role("models", {"models_name": name, "models_source": "mirror",
+                               "models_mirror_url": f"http://gpuprov-mirror/{name}",
+                               "models_catalog_extra": {name: _entry(revision)}, **extra},
+                    pre_roles=("gpu_facts",), limit=D12)
+
+
+def _sync_result(events):
+    return next(e["event_data"]["res"] for e in events if e.get("event") == "runner_on_ok"
+                and e["event_data"].get("task") == "Fetch, verify and switch to the model")
+
+
+def test_corrupted_update_is_refused_and_the_old_model_stays(mirror, d12):
+    _publish(mirror, "tiny-next", "next1")
+    result, events = _from_mirror("tiny-next", "next1")
+    assert failed_tasks(events) == []
+    assert d12.file(f"{ROOT}/tiny-next/current").linked_to == f"{ROOT}/tiny-next/next1"
+
+    _publish(mirror, "tiny-next", "next2", corrupt=True)
+    result, events = _from_mirror("tiny-next", "next2")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Fetch, verify and switch to the model"]
+    assert "checksum mismatch for config.json" in failures[0][2]
+    assert "is unchanged" in failures[0][2]
+    assert d12.file(f"{ROOT}/tiny-next/current").linked_to == f"{ROOT}/tiny-next/next1"
+    assert not d12.file(f"{ROOT}/tiny-next/.staging-next2/config.json").exists  # discarded
+    assert "gpuprov_test_revision\": \"next1" in d12.file(f"{ROOT}/tiny-next/current/config.json").content_string
+
+
+def test_mirror_serving_another_revision_is_refused(mirror):
+    _publish(mirror, "tiny-pinned", "served-rev")
+    result, events = _from_mirror("tiny-pinned", "pinned-rev")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check the mirror serves the pinned revision"]
+    assert "revision 'served-rev'" in failures[0][2] and "pinned to revision 'pinned-rev'" in failures[0][2]
+    assert result.recaps[0].changed == 0
+
+
+def test_interrupted_download_resumes(mirror, d12):
+    files = _publish(mirror, "tiny-resume", "r1")
+    size = next(f["size"] for f in files if f["path"] == "model.safetensors")
+    # An interrupted transfer: the first 300000 bytes arrived in staging, then the connection died.
+    d12.check_output("python3 -c %s", (
+        "import os, urllib.request; d = '/var/lib/gpuprov/models/tiny-resume/.staging-r1'; os.makedirs(d); "
+        "r = urllib.request.urlopen('http://gpuprov-mirror/tiny-resume/model.safetensors'); "
+        "open(d + '/model.safetensors', 'wb').write(r.read(300000))"))
+    result, events = _from_mirror("tiny-resume", "r1")
+    assert failed_tasks(events) == []
+    sync = _sync_result(events)
+    others = sum(f["size"] for f in files if f["path"] != "model.safetensors")
+    assert sync["bytes_fetched"] == others + size - 300000
+    assert ' 206 ' in mirror.check_output("grep 'GET /tiny-resume/model.safetensors' /var/log/nginx/mirror.log")
+    assert d12.file(f"{ROOT}/tiny-resume/current/model.safetensors").size == size
+
+
+def test_too_little_disk_fails_before_fetching(mirror, d12):
+    _publish(mirror, "tiny-big", "b1")
+    result, events = _from_mirror("tiny-big", "b1", models_free_margin_gib=1000000)
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Fetch, verify and switch to the model"]
+    assert "not enough free disk" in failures[0][2] and "GiB free; nothing was fetched" in failures[0][2]
+    assert d12.run(f"ls -A {ROOT}/tiny-big/.staging-b1").stdout == ""
+
+
+HUB = r"""
+import hashlib, json, os, shutil, sys
+repo, rev = "gpuprov-test/tiny-deepseek", sys.argv[1]
+src = "/srv/mirror/tiny-deepseek"
+files_dir = f"/srv/hub/{repo}/resolve/{rev}"
+os.makedirs(files_dir, exist_ok=True)
+os.makedirs(f"/srv/hub/api/models/{repo}/revision", exist_ok=True)
+siblings = []
+for f in sorted(os.listdir(src)) + ["README.md"]:
+    data = b"# not fetched\n" if f == "README.md" else open(f"{src}/{f}", "rb").read()
+    if f == "manifest.json":
+        continue
+    open(f"{files_dir}/{f}", "wb").write(data)
+    s = {"rfilename": f, "size": len(data),
+         "blobId": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+    if f.endswith(".safetensors"):   # LFS files: the hub gives their sha256
+        s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    siblings.append(s)
+json.dump({"id": repo, "sha": rev, "siblings": siblings}, open(f"/srv/hub/api/models/{repo}/revision/{rev}", "w"))
+os.system("chmod -R a+rX /srv/hub")
+"""
+HUB_REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _from_hub(token):
+    return run_role("models", {"models_name": "tiny-hub", "models_source": "hf",
+                               "models_hf_endpoint": "http://gpuprov-mirror/hub", "models_hf_token": token,
+                               "models_catalog_extra": {"tiny-hub": _entry(HUB_REV, "gpuprov-test/tiny-deepseek")}},
+                    pre_roles=("gpu_facts",), limit=D12)
+
+
+def test_hf_source_with_token(mirror, d12):
+    mirror.check_output("python3 -c %s %s", HUB, HUB_REV)
+    result, events = _from_hub("hf_wrong_token")
+    assert [t for _, t, _ in failed_tasks(events)] == ["Ask the hub for the files of the pinned revision"]
+    assert result.recaps[0].changed == 0
+
+    result, events = _from_hub(TOKEN)
+    assert failed_tasks(events) == []
+    fetched = sorted(_sync_result(events)["fetched"])
+    assert fetched == sorted(f["path"] for f in SHIPPED["files"])  # README.md is not a pattern match
+    assert d12.file(f"{ROOT}/tiny-hub/current").linked_to == f"{ROOT}/tiny-hub/{HUB_REV}"
+    # The token reached the hub (401 otherwise) but appears in no event and no artifact of the run.
+    assert TOKEN not in json.dumps(events)
+    for path in Path(result.run_dir).rglob("*"):
+        if path.is_file():
+            assert TOKEN not in path.read_text(errors="replace"), path
+
+
+def test_path_source_verifies_only(d12):
+    d12.check_output(f"rm -rf /srv/own && mkdir -p /srv/own && cp -rL {ROOT}/tiny-deepseek/current/. /srv/own/ "
+                     "&& rm /srv/own/gpuprov-manifest.json && cp /etc/ansible/facts.d/model.fact /tmp/")
+    manifest = json.dumps({"revision": SHIPPED["revision"], "files": SHIPPED["files"]})
+    d12.check_output("python3 -c %s", f"open('/srv/own/manifest.json', 'w').write({manifest!r})")
+    args = {"models_source": "path", "models_path": "/srv/own"}
+    result, events = run_role("models", args, pre_roles=("gpu_facts",), limit=D12)
+    assert failed_tasks(events) == []
+    d12.check_output("chmod u+w /srv/own/tokenizer.json && echo x >> /srv/own/tokenizer.json")
+    result, events = run_role("models", args, pre_roles=("gpu_facts",), limit=D12)
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check every file matches its manifest"]
+    assert "1 file(s) in /srv/own are missing or do not match manifest.json: tokenizer.json" in failures[0][2]
+    # Back to the converged state for the check-mode test's host.
+    run_role("models", {}, pre_roles=("gpu_facts",), limit=D12)
+
+
+@pytest.mark.parametrize("extra, task, words", [
+    ({"models_source": "bogus"}, "Validating arguments", "models_source"),
+    ({"models_name": "nope"}, "Check the model is in the catalog", "models_name 'nope' is not in the catalog"),
+    ({"models_name": "deepseek-r1"}, "Check the model fits the GPUs", "needs 801.6 GiB of GPU memory"),
+    ({"models_source": "mirror"}, "Check the source and its settings", "mirror needs models_mirror_url"),
+])
+def test_bad_input_fails_before_any_change(extra, task, words):
+    result, events = run_role("models", extra, pre_roles=("gpu_facts",), limit="gpu_servers")
+    failures = failed_tasks(events)
+    assert len(failures) == 2, failures
+    assert all(task in t and words in msg for _, t, msg in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)
