@@ -107,3 +107,14 @@ exit 1
 
 def stop_stand_in_repository(host, port: int) -> None:
     host.run(f"pkill -f 'http.server {port}'")
+
+
+def assert_fails_before_any_change(role: str, extra_vars: dict[str, Any], task: str, words: str, hosts: int = 2,
+                                   pre_roles: tuple[str, ...] = ("gpu_facts",), limit: str | None = None) -> None:
+    """Bad input: on each of `hosts` hosts, exactly one task fails, it is `task` (a substring of its
+    name), its message contains `words`, and nothing changed."""
+    result, events = run_role(role, extra_vars, pre_roles=pre_roles, limit=limit)
+    failures = failed_tasks(events)
+    assert len(failures) == hosts, failures
+    assert all(task in t and words in msg for _, t, msg in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)

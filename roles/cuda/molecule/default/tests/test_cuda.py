@@ -7,6 +7,7 @@ change, naming the variable."""
 import pytest
 
 from gpuprov_molecule import (
+    assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     failed_tasks,
     instance,
@@ -69,11 +70,7 @@ def test_a_zero_changes_in_check_mode():
     ],
 )
 def test_bad_input_fails_before_any_change(extra, task, words):
-    result, events = run_role("cuda", extra, pre_roles=PRE_ROLES)
-    failures = failed_tasks(events)
-    assert len(failures) == 2, failures  # both platforms
-    assert all(task in t and words in msg for _, t, msg in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("cuda", extra, task, words)  # on both platforms
 
 
 def test_cuda_repo_refused_on_debian13():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, failed_tasks, instance, run_role
 
 SHIPPED = json.loads((Path(__file__).resolve().parents[3] / "files/tiny-deepseek/manifest.json").read_text())
 ROOT = "/var/lib/gpuprov/models"
@@ -226,8 +226,4 @@ def test_path_source_verifies_only(d12):
     ({"models_source": "mirror"}, "Check the source and its settings", "mirror needs models_mirror_url"),
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
-    result, events = run_role("models", extra, pre_roles=("gpu_facts",), limit="gpu_servers")
-    failures = failed_tasks(events)
-    assert len(failures) == 2, failures
-    assert all(task in t and words in msg for _, t, msg in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("models", extra, task, words, limit="gpu_servers")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gpuprov_molecule import (
+    assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     failed_tasks,
     instance,
@@ -74,11 +75,7 @@ def test_a_zero_changes_in_check_mode():
     ],
 )
 def test_bad_input_fails_before_any_change(extra, task, words):
-    result, events = run_role("nvidia_driver", extra, pre_roles=("gpu_facts",))
-    failures = failed_tasks(events)
-    assert len(failures) == 2, failures  # both platforms
-    assert all(task in t and words in msg for _, t, msg in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("nvidia_driver", extra, task, words)  # on both platforms
 
 
 def test_cuda_repo_refused_on_debian13():
@@ -146,3 +143,15 @@ def test_cuda_repo_configuration_rendered(debian12, local_cuda_mirror):
     assert [t for _, t, _ in failures] == ["Install the driver packages"]
     assert "cuda-drivers-580" in failures[0][2]  # the default branch of the CUDA repository
     assert not debian12.file("/etc/apt/sources.list.d/nvidia-cuda.sources").exists
+
+
+def test_nvswitches_without_a_fabric_manager_package_are_refused(debian12):
+    # An 8-GPU NVSwitch system as the fact describes it (extra vars outrank the gathered fact):
+    # Debian packages no Fabric Manager, so the distro method is refused before anything changes.
+    fact = {"status": "no_driver", "gpu_count": 8, "nvswitch_count": 4, "fabric_manager_needed": True, "gpus": []}
+    result, events = run_role("nvidia_driver", {"nvidia_driver_method": "distro", "ansible_local": {"gpu": fact}},
+                              limit="gpuprov-debian12")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check Fabric Manager can be installed where NVSwitches are present"]
+    assert "4 NVSwitch(es) and needs NVIDIA Fabric Manager 535" in failures[0][2]
+    assert result.recaps[0].changed == 0

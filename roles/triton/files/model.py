@@ -1,0 +1,169 @@
+"""Triton Python-backend model: a Hugging Face causal LM (the checkpoint the models role placed)
+behind Triton's generate extension, with the input and output names of NVIDIA's TensorRT-LLM
+models (text_input, max_tokens, temperature, top_p, top_k, stop_words, stream -> text_output).
+
+Decoupled: a request with `stream` true gets one response per generated piece of text, any other
+request exactly one response. The dynamic batcher hands execute() up to max_batch_size requests;
+requests with the same sampling settings are generated together, left-padded, in one batch.
+Runs on the GPU when torch sees one, else on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _scalar(request, name, default):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    if t is None:
+        return default
+    v = t.as_numpy().reshape(-1)[0]
+    return v.decode() if isinstance(v, bytes) else v.item()
+
+
+def _strings(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    if t is None:
+        return []
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in t.as_numpy().reshape(-1) if v]
+
+
+class _Row:
+    """One request's generation state: text so far, what has been sent, whether it is finished."""
+
+    def __init__(self, request, max_tokens, stop, stream):
+        self.sender = request.get_response_sender()
+        self.max_tokens, self.stop, self.stream = max_tokens, stop, stream
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.done = False
+
+
+class _Streamer(BaseStreamer):
+    """Receives each step's new tokens for the whole batch (the first call is the prompt)."""
+
+    def __init__(self, model, rows):
+        self.model, self.rows, self.prompt_seen = model, rows, False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, tok in zip(self.rows, value.reshape(-1).tolist()):
+            if not row.done:
+                self.model.advance(row, tok)
+
+    def end(self):
+        pass
+
+
+class _RowsDone(StoppingCriteria):
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.tensor([r.done for r in self.rows], device=input_ids.device)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        torch.manual_seed(int(params.get("seed", "0")))
+        path = params["model_path"]
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.chat_template = params.get("apply_chat_template", "true") == "true" and bool(self.tok.chat_template)
+        self.default_max_tokens = int(params.get("default_max_tokens", "128"))
+        self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
+        pb_utils.Logger.log_info(f"loaded {path} on {self.device} ({dtype}), chat template: {self.chat_template}")
+
+    def _prompt(self, text, apply_template):
+        if apply_template and self.chat_template:
+            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+        return text
+
+    def advance(self, row, token):
+        """Add one token to a row; send the new text if it streams; finish on EOS, stop word or length."""
+        if token == self.tok.eos_token_id:
+            row.done = True
+        else:
+            row.tokens.append(token)
+            row.text = self.tok.decode(row.tokens, skip_special_tokens=True)
+            for s in row.stop:
+                cut = row.text.find(s, max(0, row.sent - len(s)))
+                if cut >= 0:
+                    row.text, row.done = row.text[:cut], True
+            if len(row.tokens) >= row.max_tokens:
+                row.done = True
+        # Stream only text that cannot still turn into a stop word or an incomplete character.
+        if row.stream:
+            safe = len(row.text) if row.done else len(row.text) - max([len(s) for s in row.stop] + [1])
+            if safe > row.sent and "\ufffd" not in row.text[row.sent:safe]:
+                self._send(row, row.text[row.sent:safe])
+                row.sent = safe
+
+    def _send(self, row, text, flags=0):
+        out = pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_))
+        row.sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=flags)
+
+    def execute(self, requests):
+        groups = defaultdict(list)
+        for request in requests:
+            try:
+                text = _scalar(request, "text_input", "")
+                max_tokens = int(_scalar(request, "max_tokens", self.default_max_tokens))
+                if not 0 < max_tokens <= self.max_tokens_limit:
+                    raise ValueError(f"max_tokens must be 1..{self.max_tokens_limit}, got {max_tokens}")
+                sampling = (float(_scalar(request, "temperature", 0.0)), float(_scalar(request, "top_p", 1.0)),
+                            int(_scalar(request, "top_k", 0)))
+                row = _Row(request, max_tokens, _strings(request, "stop_words"), bool(_scalar(request, "stream", False)))
+                prompt = self._prompt(text, bool(_scalar(request, "apply_chat_template", True)))
+                groups[sampling].append((prompt, row))
+            except Exception as exc:  # a bad request fails alone, not the batch
+                error = pb_utils.TritonError(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
+                request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        for (temperature, top_p, top_k), items in groups.items():
+            self._generate([p for p, _ in items], [r for _, r in items], temperature, top_p, top_k)
+        return None
+
+    def _generate(self, prompts, rows, temperature, top_p, top_k):
+        try:
+            enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            sample = temperature > 0
+            with torch.inference_mode():
+                self.model.generate(
+                    **enc, max_new_tokens=max(r.max_tokens for r in rows), do_sample=sample,
+                    temperature=temperature if sample else None, top_p=top_p if sample else None,
+                    top_k=top_k if sample and top_k > 0 else None, pad_token_id=self.tok.pad_token_id,
+                    streamer=_Streamer(self, rows), stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]))
+            for row in rows:
+                if row.stream:
+                    if row.text[row.sent:]:
+                        self._send(row, row.text[row.sent:])
+                    row.sender.send(flags=FINAL)
+                else:
+                    self._send(row, row.text, flags=FINAL)
+        except Exception as exc:
+            for row in rows:
+                row.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
+                                flags=FINAL)
+
+    def finalize(self):
+        self.model = None

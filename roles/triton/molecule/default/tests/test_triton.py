@@ -1,0 +1,129 @@
+"""triton (native) on Debian 12, CPU, serving tiny-deepseek: ready; generate returns text;
+generate_stream streams several chunks; 16 concurrent requests all succeed and are batched;
+nv_inference_* metrics; kill -9 is followed by a restart and readiness; the unit is hardened and
+runs unprivileged; zero changes in check mode. Debian 13 is refused with the numpy message; bad
+input fails before any change."""
+
+import json
+import os
+import time
+
+import pytest
+
+from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+testinfra_hosts = [f"ansible://gpuprov-debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
+API = "http://127.0.0.1:8000/v2/models/deepseek"
+PY = r"""
+import json, sys, time, urllib.error, urllib.request, concurrent.futures as cf
+url, body, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def one(i):
+    t = time.monotonic()
+    req = urllib.request.Request(url, data=body.replace("{i}", str(i)).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read().decode(), time.monotonic() - t
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), time.monotonic() - t
+with cf.ThreadPoolExecutor(n) as ex:
+    print(json.dumps(list(ex.map(one, range(n)))))
+"""
+
+
+def _post(host, path, body, n=1):
+    return json.loads(host.check_output("python3 -c %s %s %s %s", PY, f"{API}/{path}", json.dumps(body), str(n)))
+
+
+def _ready(host, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if host.run("python3 -c %s", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready')").rc == 0:
+            return True
+        time.sleep(2)
+    return False
+
+
+def test_ready_and_unprivileged(host):
+    assert _ready(host)
+    svc = host.service("gpuprov-triton")
+    assert svc.is_enabled and svc.is_running
+    assert host.check_output("systemctl show -p User --value gpuprov-triton") == "triton"
+    assert host.check_output("ps -o user= -C tritonserver").split()[0] == "triton"
+    props = host.check_output("systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-triton")
+    assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
+
+
+def test_listens_where_configured(host):
+    assert host.socket("tcp://127.0.0.1:8000").is_listening
+    assert host.socket("tcp://127.0.0.1:8001").is_listening
+    assert host.socket("tcp://0.0.0.0:8002").is_listening
+    assert not host.socket("tcp://0.0.0.0:8000").is_listening
+
+
+def test_generate_returns_text(host):
+    [(status, body, seconds)] = _post(host, "generate", {"text_input": "What is Triton?", "max_tokens": 32})
+    assert status == 200
+    out = json.loads(body)
+    assert out["model_name"] == "deepseek" and len(out["text_output"]) > 0
+    print(f"one 32-token generate on the CPU: {seconds * 1000:.0f} ms")
+
+
+def test_generate_stream_sends_several_chunks(host):
+    [(status, body, _)] = _post(host, "generate_stream", {"text_input": "Hello", "max_tokens": 32, "stream": True})
+    assert status == 200
+    chunks = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+    assert len(chunks) >= 3, body
+    assert all("text_output" in c for c in chunks), body
+
+
+def test_stop_words_and_limits(host):
+    [(_, body, _)] = _post(host, "generate", {"text_input": "Hello", "max_tokens": 64, "stop_words": ["e"]})
+    assert "e" not in json.loads(body)["text_output"]
+    [(status, body, _)] = _post(host, "generate", {"text_input": "x", "max_tokens": 0})
+    assert status == 400 and "max_tokens must be 1..4096" in body
+
+
+def test_sixteen_concurrent_requests_are_batched(host):
+    results = _post(host, "generate", {"text_input": "question {i}", "max_tokens": 16}, n=16)
+    assert [s for s, _, _ in results] == [200] * 16
+    stats = json.loads(host.check_output("python3 -c %s", "import urllib.request as u; print(u.urlopen('"
+                                         + API + "/stats').read().decode())"))["model_stats"][0]
+    sizes = [b["batch_size"] for b in stats["batch_stats"]]
+    assert max(sizes) > 1, stats["batch_stats"]
+
+
+def test_metrics(host):
+    metrics = host.check_output("python3 -c %s", "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8002/metrics').read().decode())")
+    assert 'nv_inference_request_success{model="deepseek",version="1"}' in metrics
+    assert "nv_inference_queue_duration_us" in metrics
+
+
+def test_killed_server_comes_back(host):
+    pid = host.check_output("systemctl show -p MainPID --value gpuprov-triton")
+    host.check_output(f"kill -9 {pid}")
+    time.sleep(1)
+    assert _ready(host, timeout=180)
+    assert host.check_output("systemctl show -p MainPID --value gpuprov-triton") != pid
+    assert host.check_output("systemctl show -p NRestarts --value gpuprov-triton") != "0"
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+def test_debian13_is_refused():
+    result, events = run_role("triton", {}, pre_roles=("gpu_facts", "models"), limit="gpuprov-debian13")
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check the host's Python can run Triton 2.51's Python backend"]
+    assert "numpy 1.x has no wheel for Python 3.13" in failures[0][2]
+    assert not instance("gpuprov-debian13").file("/opt/gpuprov/triton").exists
+
+
+@pytest.mark.parametrize("extra, task, words", [
+    ({"triton_runtime": "vllm"}, "Validating arguments", "triton_runtime"),
+    ({"triton_grpc_port": 8000}, "Check the settings", "three different ports"),
+    ({"triton_model_path": "/nonexistent"}, "Check the model is in place", "No model at triton_model_path"),
+])
+def test_bad_input_fails_before_any_change(extra, task, words):
+    assert_fails_before_any_change("triton", extra, task, words, hosts=1, pre_roles=("gpu_facts", "models"),
+                                   limit="gpuprov-debian12")
