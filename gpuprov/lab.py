@@ -1,7 +1,7 @@
 """The local lab: systemd containers from the gpuprov Debian images, managed with the Docker SDK.
 
-`up` starts them (building the images first when their recipe changed), waits until systemd is
-running in each, and writes `inventories/lab/hosts.yml`; `down` removes them; `status` lists them.
+`up` starts them (building the images first when their recipe changed): the GPU hosts and one
+monitoring host, waits until systemd is running in each, and writes `inventories/lab/hosts.yml`; `down` removes them; `status` lists them.
 Containers get the capability set that runs systemd here without `privileged`.
 """
 
@@ -41,7 +41,8 @@ def default_hosts(os_name: str = "debian12", count: int = 1) -> list[LabHost]:
         raise ValueError(f"unknown lab OS {os_name!r}; choose one of {', '.join(IMAGES)}")
     if count < 1:
         raise ValueError("the lab needs at least one host")
-    return [LabHost(f"gpuprov-lab-gpu{i}", os_name, "gpu_servers") for i in range(1, count + 1)]
+    gpus = [LabHost(f"gpuprov-lab-gpu{i}", os_name, "gpu_servers") for i in range(1, count + 1)]
+    return gpus + [LabHost("gpuprov-lab-mon1", os_name, "monitoring")]
 
 
 def client() -> docker.DockerClient:
@@ -89,16 +90,26 @@ def wait_for_systemd(container: Container, timeout_s: float = 90.0) -> str:
     raise TimeoutError(f"{container.name}: systemd did not come up within {timeout_s:.0f}s (state {state})")
 
 
-def inventory_for(hosts: Iterable[LabHost]) -> dict:
+def inventory_for(hosts: Iterable[LabHost], subnet: str = "") -> dict:
+    """The lab inventory; `subnet` (the lab network's, which the controller is on) is where the
+    firewall lets API clients in."""
     groups: dict[str, dict] = {}
     for h in hosts:
         groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = {"gpuprov_lab_os": h.os}
-    return {"all": {"children": groups}}
+    inventory: dict = {"all": {"children": groups}}
+    if subnet:
+        inventory["all"]["vars"] = {"gpuprov_lab_subnet": subnet}
+    return inventory
 
 
-def write_inventory(hosts: Iterable[LabHost]) -> Path:
+def network_subnet(dc: docker.DockerClient) -> str:
+    configs = dc.networks.get(NETWORK).attrs.get("IPAM", {}).get("Config") or []
+    return next((c["Subnet"] for c in configs if "." in c.get("Subnet", "")), "")
+
+
+def write_inventory(hosts: Iterable[LabHost], subnet: str = "") -> Path:
     path = paths.lab_inventory_dir() / "hosts.yml"
-    body = yaml.safe_dump(inventory_for(hosts), sort_keys=True)
+    body = yaml.safe_dump(inventory_for(hosts, subnet), sort_keys=True)
     path.write_text("---\n# Written by `gpuprov lab up`; do not edit.\n" + body, encoding="utf-8")
     return path
 
@@ -131,7 +142,7 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
         except NotFound:
             c = dc.containers.run(**_run_kwargs(h))
         wait_for_systemd(c)
-    write_inventory(hosts)
+    write_inventory(hosts, network_subnet(dc))
     return [h.name for h in hosts]
 
 

@@ -5,6 +5,11 @@ corrected by apply, facts shows the host, lab down removes it."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import statistics
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,8 @@ import pytest
 from conftest import ROOT, run_gpuprov
 
 HOST = "gpuprov-lab-gpu1"
+MON = "gpuprov-lab-mon1"
+CA = ROOT / ".gpuprov" / "pki" / "ca.crt"
 
 
 def _summary(stdout: str) -> dict:
@@ -22,7 +29,7 @@ def _summary(stdout: str) -> dict:
 @pytest.fixture(scope="module")
 def lab(docker_client):
     run_gpuprov("lab", "down")
-    up = run_gpuprov("lab", "up")
+    up = run_gpuprov("lab", "up", timeout=2400)
     yield up
     down = run_gpuprov("lab", "down")
     assert down.returncode == 0, down.stderr
@@ -110,3 +117,54 @@ def test_bad_input_fails_before_any_change(lab, docker_client, extra, failing_ta
     assert message in stdout_file.read_text()
     _, after = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
     assert before == after
+
+
+def _front(docker_client) -> str:
+    ip = docker_client.containers.get(HOST).attrs["NetworkSettings"]["Networks"]["gpuprov-lab"]["IPAddress"]
+    return f"{ip}:8443"
+
+
+def test_lab_serves_tiny_deepseek_over_tls13_only(lab, docker_client):
+    """From this machine (the controller, on the lab network): generate over HTTPS verifying the lab
+    CA; a TLS 1.2 handshake is refused; Triton's own port is not reachable."""
+    front = _front(docker_client)
+    ctx = ssl.create_default_context(cafile=str(CA))
+    ctx.check_hostname = False  # the URL uses the address; the certificate has it as an IP SAN too
+    body = json.dumps({"text_input": "What is Triton?", "max_tokens": 32}).encode()
+    times = []
+    for _ in range(10):
+        req = urllib.request.Request(f"https://{front}/v2/models/deepseek/generate", data=body, method="POST")
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, context=ctx, timeout=60) as resp:
+            out = json.loads(resp.read())
+            assert resp.status == 200
+            assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
+        times.append(time.perf_counter() - t0)
+        assert out["model_name"] == "deepseek" and out["text_output"]
+    print(f"32-token generate through the TLS front: median {statistics.median(times) * 1000:.0f} ms, "
+          f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+    host, port = front.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        assert tls.version() == "TLSv1.3"
+    old = ssl.create_default_context(cafile=str(CA))
+    old.check_hostname = False
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        with socket.create_connection((host, int(port)), timeout=10) as raw, old.wrap_socket(raw):
+            pass
+    with pytest.raises(OSError):
+        socket.create_connection((host, 8000), timeout=3).close()
+
+
+def test_lab_monitoring_sees_every_target(lab, docker_client):
+    mon = docker_client.containers.get(MON)
+    deadline, health = time.time() + 120, {}
+    while time.time() < deadline:
+        _, out = mon.exec_run(["curl", "-sS", "http://127.0.0.1:9090/api/v1/targets"])
+        health = {}
+        for t in json.loads(out)["data"]["activeTargets"]:
+            health.setdefault(t["labels"]["job"], []).append(t["health"])
+        if health and all(h == ["up"] for h in health.values()):
+            break
+        time.sleep(5)
+    assert health == {"prometheus": ["up"], "node": ["up"], "triton": ["up"], "triton_ready": ["up"]}

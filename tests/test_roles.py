@@ -71,8 +71,20 @@ def test_phase_tags(role):
         assert f"{role.name}_{phase}" in tags
 
 
+def _converged_roles(converge: Path) -> set[str]:
+    names = set()
+    for play in _yaml(converge):
+        for r in play.get("roles", []) or []:
+            names.add(r["role"] if isinstance(r, dict) else r)
+    return names
+
+
 def test_molecule_scenario_with_testinfra(role):
+    """A scenario of the role's own, or the repository's `stack` scenario (molecule/*/) converges it;
+    either way with testinfra tests."""
     scenarios = list((role / "molecule").glob("*/molecule.yml"))
-    assert scenarios
+    scenarios += [s for s in (ROOT / "molecule").glob("*/molecule.yml")
+                  if role.name in _converged_roles(s.parent / "converge.yml")]
+    assert scenarios, f"no Molecule scenario converges {role.name}"
     for s in scenarios:
         assert list(s.parent.glob("tests/test_*.py")), f"{s.parent} has no testinfra tests"

@@ -1,23 +1,29 @@
-"""Triton Python-backend model: a Hugging Face causal LM (the checkpoint the models role placed)
-behind Triton's generate extension, with the input and output names of NVIDIA's TensorRT-LLM
-models (text_input, max_tokens, temperature, top_p, top_k, stop_words, stream -> text_output).
+"""Triton Python-backend model: the checkpoint the models role placed, behind Triton's generate
+extension, with the input and output names of NVIDIA's TensorRT-LLM models (text_input, max_tokens,
+temperature, top_p, top_k, stop_words, stream -> text_output), whichever engine generates:
+
+- `transformers` (native runtime): a Hugging Face causal LM on the GPU when torch sees one, else on
+  the CPU. The dynamic batcher hands execute() up to max_batch_size requests; requests with the same
+  sampling settings are generated together, left-padded, in one batch.
+- `llmapi` (container runtime, NGC's trtllm image): TensorRT-LLM's LLM API built from the LLM
+  arguments in model.yaml beside this file (tensor parallelism, dtype, KV cache, max batch size);
+  TensorRT-LLM's executor batches requests in flight.
 
 Decoupled: a request with `stream` true gets one response per generated piece of text, any other
-request exactly one response. The dynamic batcher hands execute() up to max_batch_size requests;
-requests with the same sampling settings are generated together, left-padded, in one batch.
-Runs on the GPU when torch sees one, else on the CPU.
+request exactly one response. Both engines apply the model's chat template the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from collections import defaultdict
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -49,49 +55,145 @@ class _Row:
         self.done = False
 
 
-class _Streamer(BaseStreamer):
-    """Receives each step's new tokens for the whole batch (the first call is the prompt)."""
-
-    def __init__(self, model, rows):
-        self.model, self.rows, self.prompt_seen = model, rows, False
-
-    def put(self, value):
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for row, tok in zip(self.rows, value.reshape(-1).tolist()):
-            if not row.done:
-                self.model.advance(row, tok)
-
-    def end(self):
-        pass
+def llmapi_arguments(model_yaml: dict, model_path: str) -> dict:
+    """The LLM API's keyword arguments from model.yaml: everything but Triton's own section, with the
+    checkpoint path filled in."""
+    args = {k: v for k, v in model_yaml.items() if k != "triton_config"}
+    args.setdefault("model", model_path)
+    return args
 
 
-class _RowsDone(StoppingCriteria):
-    def __init__(self, rows):
-        self.rows = rows
+def llmapi_sampling(max_tokens: int, temperature: float, top_p: float, top_k: int, stop: list[str]) -> dict:
+    """SamplingParams keyword arguments for one request (temperature 0: greedy, as in transformers)."""
+    out = {"max_tokens": max_tokens, "stop": stop or None}
+    if temperature > 0:
+        out.update(temperature=temperature, top_p=top_p)
+        if top_k > 0:
+            out["top_k"] = top_k
+    else:
+        out.update(temperature=0.0, top_k=1)
+    return out
 
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.tensor([r.done for r in self.rows], device=input_ids.device)
+
+class _TransformersEngine:
+    """Hugging Face transformers: batches of rows generated together, token by token."""
+
+    def __init__(self, model, path):
+        from transformers import AutoModelForCausalLM
+
+        self.owner = model
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.name = f"transformers on {self.device} ({dtype})"
+
+    def generate(self, prompts, rows, temperature, top_p, top_k):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        owner = self.owner
+
+        class Streamer(BaseStreamer):
+            """Receives each step's new tokens for the whole batch (the first call is the prompt)."""
+
+            def __init__(self):
+                self.prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                for row, tok in zip(rows, value.reshape(-1).tolist()):
+                    if not row.done:
+                        owner.advance(row, tok)
+
+            def end(self):
+                pass
+
+        class RowsDone(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.tensor([r.done for r in rows], device=input_ids.device)
+
+        tok = owner.tok
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sample = temperature > 0
+        with torch.inference_mode():
+            self.model.generate(
+                **enc, max_new_tokens=max(r.max_tokens for r in rows), do_sample=sample,
+                temperature=temperature if sample else None, top_p=top_p if sample else None,
+                top_k=top_k if sample and top_k > 0 else None, pad_token_id=tok.pad_token_id,
+                streamer=Streamer(), stopping_criteria=StoppingCriteriaList([RowsDone()]))
+        owner.finish(rows)
+
+    def close(self):
+        self.model = None
+
+
+class _LlmApiEngine:
+    """TensorRT-LLM's LLM API: each request goes to the executor at once (in-flight batching); an
+    event loop in a thread of its own collects the results and sends Triton's responses."""
+
+    def __init__(self, model, path, model_yaml):
+        from tensorrt_llm import LLM, SamplingParams
+
+        self.owner, self.sampling_class = model, SamplingParams
+        args = llmapi_arguments(model_yaml, path)
+        self.llm = LLM(**args)
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.name = (f"TensorRT-LLM LLM API (tensor_parallel_size {args.get('tensor_parallel_size', 1)}, "
+                     f"dtype {args.get('dtype', 'auto')})")
+
+    def generate(self, prompts, rows, temperature, top_p, top_k):
+        for prompt, row in zip(prompts, rows):
+            params = self.sampling_class(**llmapi_sampling(row.max_tokens, temperature, top_p, top_k, row.stop))
+            asyncio.run_coroutine_threadsafe(self._one(prompt, row, params), self.loop)
+
+    async def _one(self, prompt, row, params):
+        # Token ids, so the chat template's own BOS is not doubled by the LLM API's tokenizer.
+        prompt = self.owner.tok(prompt, add_special_tokens=False).input_ids
+        try:
+            if row.stream:
+                async for out in self.llm.generate_async(prompt, sampling_params=params, streaming=True):
+                    piece = out.outputs[0].text_diff
+                    if piece:
+                        self.owner.send(row, piece)
+                row.sender.send(flags=FINAL)
+            else:
+                out = await self.llm.generate_async(prompt, sampling_params=params)
+                self.owner.send(row, out.outputs[0].text, flags=FINAL)
+        except Exception as exc:
+            self.owner.fail([row], exc)
+
+    def close(self):
+        self.llm.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        from transformers import AutoTokenizer
+
         cfg = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         torch.manual_seed(int(params.get("seed", "0")))
         path = params["model_path"]
         self.tok = AutoTokenizer.from_pretrained(path)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.chat_template = params.get("apply_chat_template", "true") == "true" and bool(self.tok.chat_template)
         self.default_max_tokens = int(params.get("default_max_tokens", "128"))
         self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
-        pb_utils.Logger.log_info(f"loaded {path} on {self.device} ({dtype}), chat template: {self.chat_template}")
+        if params.get("engine", "transformers") == "llmapi":
+            import yaml
+
+            here = os.path.join(args["model_repository"], args["model_version"], "model.yaml")
+            with open(here, encoding="utf-8") as f:
+                self.engine = _LlmApiEngine(self, path, yaml.safe_load(f))
+        else:
+            self.engine = _TransformersEngine(self, path)
+        pb_utils.Logger.log_info(f"loaded {path} with {self.engine.name}, chat template: {self.chat_template}")
 
     def _prompt(self, text, apply_template):
         if apply_template and self.chat_template:
@@ -116,10 +218,10 @@ class TritonPythonModel:
         if row.stream:
             safe = len(row.text) if row.done else len(row.text) - max([len(s) for s in row.stop] + [1])
             if safe > row.sent and "\ufffd" not in row.text[row.sent:safe]:
-                self._send(row, row.text[row.sent:safe])
+                self.send(row, row.text[row.sent:safe])
                 row.sent = safe
 
-    def _send(self, row, text, flags=0):
+    def send(self, row, text, flags=0):
         out = pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_))
         row.sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=flags)
 
@@ -140,30 +242,27 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
                 request.get_response_sender().send(pb_utils.InferenceResponse(error=error), flags=FINAL)
         for (temperature, top_p, top_k), items in groups.items():
-            self._generate([p for p, _ in items], [r for _, r in items], temperature, top_p, top_k)
+            prompts, rows = [p for p, _ in items], [r for _, r in items]
+            try:
+                self.engine.generate(prompts, rows, temperature, top_p, top_k)
+            except Exception as exc:
+                self.fail(rows, exc)
         return None
 
-    def _generate(self, prompts, rows, temperature, top_p, top_k):
-        try:
-            enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            sample = temperature > 0
-            with torch.inference_mode():
-                self.model.generate(
-                    **enc, max_new_tokens=max(r.max_tokens for r in rows), do_sample=sample,
-                    temperature=temperature if sample else None, top_p=top_p if sample else None,
-                    top_k=top_k if sample and top_k > 0 else None, pad_token_id=self.tok.pad_token_id,
-                    streamer=_Streamer(self, rows), stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]))
-            for row in rows:
-                if row.stream:
-                    if row.text[row.sent:]:
-                        self._send(row, row.text[row.sent:])
-                    row.sender.send(flags=FINAL)
-                else:
-                    self._send(row, row.text, flags=FINAL)
-        except Exception as exc:
-            for row in rows:
-                row.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
-                                flags=FINAL)
+    def finish(self, rows):
+        """Send what is left of each row, and the final flag."""
+        for row in rows:
+            if row.stream:
+                if row.text[row.sent:]:
+                    self.send(row, row.text[row.sent:])
+                row.sender.send(flags=FINAL)
+            else:
+                self.send(row, row.text, flags=FINAL)
+
+    def fail(self, rows, exc):
+        for row in rows:
+            row.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}")),
+                            flags=FINAL)
 
     def finalize(self):
-        self.model = None
+        self.engine.close()

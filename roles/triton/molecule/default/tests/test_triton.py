@@ -7,6 +7,7 @@ input fails before any change."""
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_i
 
 testinfra_hosts = [f"ansible://gpuprov-debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
 API = "http://127.0.0.1:8000/v2/models/deepseek"
+# The gpu fact as recorded on the device machine's H200.
+H200 = json.loads((Path(__file__).resolve().parents[5] / "tests/fixtures/gpu/h200-x1.expected.json").read_text())
 PY = r"""
 import json, sys, time, urllib.error, urllib.request, concurrent.futures as cf
 url, body, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -123,6 +126,10 @@ def test_debian13_is_refused():
     ({"triton_runtime": "vllm"}, "Validating arguments", "triton_runtime"),
     ({"triton_grpc_port": 8000}, "Check the settings", "three different ports"),
     ({"triton_model_path": "/nonexistent"}, "Check the model is in place", "No model at triton_model_path"),
+    # The container runtime on a GPU host (the fact as recorded on an H200) without Docker.
+    ({"triton_runtime": "container", "ansible_local": {"gpu": H200}},
+     "Check Docker has the NVIDIA runtime", "Docker does not answer"),
+    ({"triton_runtime": "container"}, "Check the host has GPUs", "needs NVIDIA GPUs, and the gpu fact shows none"),
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
     assert_fails_before_any_change("triton", extra, task, words, hosts=1, pre_roles=("gpu_facts", "models"),

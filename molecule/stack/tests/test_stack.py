@@ -1,0 +1,259 @@
+"""The inference stack as its users meet it: an allowed client talks to Triton only over TLS 1.3
+through the front, an outsider cannot connect at all, metrics are reachable only from the
+monitoring host, and Prometheus scrapes every target and raises the seed's alerts.
+
+Real processes throughout: nginx, nftables, Triton with tiny-deepseek, Prometheus, the blackbox
+exporter, curl and openssl as clients, on a private Docker network."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+GPU, MON, CLIENT, OUTSIDER = (instance(f"gpuprov-stack-{n}") for n in ("gpu", "mon", "client", "outsider"))
+CA = "/root/gpuprov-ca.crt"
+GEN = {"text_input": "What is Triton?", "max_tokens": 32}
+
+
+def _ip(host) -> str:
+    return host.check_output("hostname -I").split()[0]
+
+
+GPU_IP, CLIENT_IP, MON_IP = _ip(GPU), _ip(CLIENT), _ip(MON)
+GPU_CA_DIR = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "pki")
+BASE = f"https://{GPU_IP}:8443/v2/models/deepseek"
+
+
+def _curl(host, url: str, *args: str, data: dict | None = None, timeout: int = 5):
+    body = ["--data", json.dumps(data)] if data is not None else []
+    cmd = ["curl", "-sS", "--connect-timeout", str(timeout), "--max-time", "120", "--cacert", CA, *args, *body, url]
+    return host.run(" ".join(f"'{c}'" for c in cmd))
+
+
+def _handshake(host, port: int, version: str):
+    return host.run(f"echo | openssl s_client -connect {GPU_IP}:{port} -{version} -CAfile {CA} -verify_return_error 2>&1")
+
+
+def _prometheus(path: str) -> dict:
+    return json.loads(MON.check_output(f"curl -sS 'http://127.0.0.1:9090/api/v1/{path}'"))
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+# --- TLS front ---
+
+def test_allowed_client_generates_over_https_verifying_the_ca():
+    out = _curl(CLIENT, f"{BASE}/generate", "-D", "-", data=GEN)
+    assert out.rc == 0, out.stderr
+    headers, _, body = out.stdout.partition("\r\n\r\n")
+    assert headers.startswith("HTTP/1.1 200")
+    assert "Strict-Transport-Security: max-age=63072000" in headers
+    assert json.loads(body)["text_output"]
+
+
+def test_generate_stream_through_the_front():
+    out = _curl(CLIENT, f"{BASE}/generate_stream", "-N", data={**GEN, "stream": True})
+    assert out.rc == 0, out.stderr
+    chunks = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith("data:")]
+    assert len(chunks) > 1 and all("text_output" in c for c in chunks)
+
+
+def test_only_tls13_is_spoken():
+    ok = _handshake(CLIENT, 8443, "tls1_3")
+    assert ok.rc == 0 and "Verify return code: 0 (ok)" in ok.stdout
+    assert "TLSv1.3" in ok.stdout
+    refused = _handshake(CLIENT, 8443, "tls1_2")
+    assert refused.rc != 0
+    assert "alert protocol version" in refused.stdout or "no protocols available" in refused.stdout
+    grpc = _handshake(CLIENT, 8444, "tls1_2")
+    assert grpc.rc != 0
+
+
+def test_grpc_port_speaks_http2_over_tls13():
+    out = CLIENT.run(f"echo | openssl s_client -connect {GPU_IP}:8444 -tls1_3 -alpn h2 -CAfile {CA} 2>&1")
+    assert out.rc == 0 and "ALPN protocol: h2" in out.stdout
+
+
+def test_certificate_names_and_key_mode():
+    text = GPU.check_output("openssl x509 -in /etc/gpuprov/tls/server.crt -noout -text")
+    assert f"IP Address:{GPU_IP}" in text and "DNS:gpuprov-stack-gpu" in text
+    assert GPU.file("/etc/gpuprov/tls/server.key").mode == 0o600
+    assert GPU.file("/etc/gpuprov/tls/server.key").user == "root"
+
+
+def test_triton_itself_is_not_reachable_from_outside():
+    assert GPU.socket("tcp://127.0.0.1:8000").is_listening
+    assert not GPU.socket(f"tcp://{GPU_IP}:8000").is_listening
+    assert CLIENT.run(f"curl -sS --connect-timeout 3 http://{GPU_IP}:8000/v2/health/ready").rc != 0
+
+
+# --- firewall ---
+
+def _reaches(host, port: int) -> bool:
+    """A TCP connection completes (curl exit 28 is a timeout: the packet was dropped)."""
+    out = host.run(f"curl -sS -o /dev/null --connect-timeout 3 http://{GPU_IP}:{port}/")
+    return out.rc != 28 and out.rc != 7
+
+
+def _firewall_holds():
+    assert _curl(CLIENT, f"{BASE}/generate", data=GEN).rc == 0
+    denied = _curl(OUTSIDER, f"{BASE}/generate", data=GEN, timeout=3)
+    assert denied.rc == 28, (denied.rc, denied.stderr)  # dropped, not refused
+    assert _reaches(MON, 8002) and _reaches(MON, 9100)
+    assert not _reaches(CLIENT, 8002) and not _reaches(CLIENT, 9100)
+
+
+def test_outsider_is_dropped_and_metrics_only_reach_monitoring():
+    _firewall_holds()
+
+
+def test_firewall_survives_an_nftables_restart():
+    # Debian's nftables.service flushes the whole ruleset; the gpuprov unit loads its table again.
+    GPU.check_output("systemctl restart nftables")
+    assert "table inet gpuprov" in GPU.check_output("nft list tables")
+    _firewall_holds()
+    GPU.check_output("systemctl restart gpuprov-firewall")
+    _firewall_holds()
+
+
+def _firewall(extra: dict):
+    """Apply the firewall role to the inference host alone, with converge's sources given directly
+    (the monitoring host's facts are not gathered in a run limited to the inference host)."""
+    return run_role("firewall", {"firewall_client_cidrs": [f"{CLIENT_IP}/32"],
+                                 "firewall_monitoring_extra_cidrs": [f"{MON_IP}/32"], **extra},
+                    limit="gpuprov-stack-gpu")
+
+
+def test_firewall_leaves_other_tables_alone():
+    GPU.check_output("nft add table ip other_tool && nft add chain ip other_tool c")
+    result, _ = _firewall({"firewall_extra_rules": ["tcp dport 9999 counter accept"]})
+    try:
+        assert result.rc == 0
+        assert "table ip other_tool" in GPU.check_output("nft list tables")
+        assert "tcp dport 9999 counter" in GPU.check_output("nft list table inet gpuprov")
+    finally:
+        GPU.run("nft delete table ip other_tool")
+
+
+@pytest.mark.parametrize("extra, task, words", [
+    ({"firewall_client_cidrs": ["10.0.0.300/8"]}, "Check the addresses and ports", "10.0.0.300/8"),
+    ({"firewall_admin_cidrs": ["not-a-network"]}, "Check the addresses and ports", "not-a-network"),
+    ({"firewall_monitoring_ports": [70000]}, "Check the addresses and ports", "Ports must be 1..65535"),
+])
+def test_bad_firewall_input_fails_before_any_change(extra, task, words):
+    before = GPU.check_output("nft list table inet gpuprov")
+    result, events = _firewall(extra)
+    failures = failed_tasks(events)
+    assert [(t, words in m) for _, t, m in failures] == [(task, True)], failures
+    assert result.recaps[0].changed == 0
+    assert GPU.check_output("nft list table inet gpuprov") == before
+
+
+def test_a_ruleset_that_does_not_validate_changes_nothing():
+    before = GPU.file("/etc/gpuprov/firewall.nft").content_string
+    result, events = _firewall({"firewall_extra_rules": ["tcp dport 9999 acept"]})
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Write the ruleset (validated with nft -c)"]
+    assert GPU.file("/etc/gpuprov/firewall.nft").content_string == before
+    _firewall_holds()
+
+
+# --- monitoring ---
+
+def _targets() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for t in _prometheus("targets")["data"]["activeTargets"]:
+        out.setdefault(t["labels"]["job"], []).append(t["health"])
+    return out
+
+
+def test_every_target_is_up():
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        targets = _targets()
+        if all(h == ["up"] for j, h in targets.items() if j in ("node", "triton", "triton_ready")) and len(targets) >= 4:
+            break
+        time.sleep(3)
+    assert targets["node"] == ["up"]
+    assert targets["triton"] == ["up"]
+    assert targets["triton_ready"] == ["up"]  # readiness through the TLS front, CA verified
+    assert targets["prometheus"] == ["up"]
+    # No GPU exporter target: the gpu fact shows no GPU on this host, and the role said so.
+    assert "gpu" not in targets
+    assert MON.file("/etc/prometheus/file_sd/gpu.yml").content_string.strip().endswith("[]")
+    assert not GPU.service("gpuprov-gpu-exporter").is_running
+
+
+def test_alert_rules_pass_their_unit_tests():
+    out = MON.run("cd /etc/prometheus/gpuprov-staging && promtool test rules gpuprov.rules.test.yml")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.stdout.count("SUCCESS") >= 1
+    rules = {r["name"] for g in _prometheus("rules")["data"]["groups"] for r in g["rules"]}
+    assert {"InferenceLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "InferenceBacklog",
+            "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"} <= rules
+
+
+def test_an_invalid_rule_is_refused_and_prometheus_keeps_serving():
+    live = MON.file("/etc/prometheus/rules/gpuprov.rules.yml").content_string
+    result, events = run_role("prometheus", {
+        "tls_ca_dir": GPU_CA_DIR, "prometheus_extra_alert_rules": [{"alert": "Broken", "expr": "up ==== 1"}]},
+        limit="gpuprov-stack-mon", pre_roles=())
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Stage the alert rules (promtool check rules)"]
+    assert result.recaps[0].changed == 0
+    assert MON.file("/etc/prometheus/rules/gpuprov.rules.yml").content_string == live
+    assert MON.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/-/ready") == "200"
+
+
+def test_stopping_triton_fires_its_alert():
+    GPU.check_output("systemctl stop gpuprov-triton")
+    try:
+        deadline, firing = time.time() + 120, []
+        while time.time() < deadline:
+            firing = [a["labels"]["alertname"] for a in _prometheus("alerts")["data"]["alerts"] if a["state"] == "firing"]
+            if "TritonNotReady" in firing:
+                break
+            time.sleep(3)
+        assert "TritonNotReady" in firing
+    finally:
+        GPU.check_output("systemctl start gpuprov-triton")
+        GPU.check_output("for i in $(seq 1 60); do curl -sf http://127.0.0.1:8000/v2/health/ready && exit 0; sleep 2; done; exit 1")
+
+
+# --- certificates: renewal (last: it re-issues the host's certificate) ---
+
+def _serial() -> str:
+    return GPU.check_output("openssl x509 -in /etc/gpuprov/tls/server.crt -noout -serial")
+
+
+def test_certificate_is_reissued_only_when_names_change_or_expiry_nears():
+    serial = _serial()
+    base = {"tls_ca_dir": GPU_CA_DIR, "tls_ca_passphrase": "stack-test-ca-passphrase"}
+    same, _ = run_role("tls", base, limit="gpuprov-stack-gpu", pre_roles=())
+    assert same.rc == 0 and same.recaps[0].changed == 0 and _serial() == serial
+    # Expiring within the window (365-day certificate, 400-day window): re-issued, once.
+    near = {**base, "tls_cert_valid_days": 800, "tls_renew_before_days": 400}
+    renewed, _ = run_role("tls", near, limit="gpuprov-stack-gpu", pre_roles=())
+    assert renewed.rc == 0 and _serial() != serial
+    serial = _serial()
+    again, _ = run_role("tls", near, limit="gpuprov-stack-gpu", pre_roles=())
+    assert again.recaps[0].changed == 0 and _serial() == serial
+    # A new name: re-issued with it.
+    named, _ = run_role("tls", {**near, "tls_extra_sans": ["inference.lab.example"]}, limit="gpuprov-stack-gpu",
+                        pre_roles=())
+    assert named.rc == 0 and _serial() != serial
+    assert "DNS:inference.lab.example" in GPU.check_output("openssl x509 -in /etc/gpuprov/tls/server.crt -noout -text")
+
+
+def test_tls_without_a_ca_passphrase_fails_before_any_change():
+    result, events = run_role("tls", {"tls_ca_dir": GPU_CA_DIR}, limit="gpuprov-stack-gpu", pre_roles=())
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check the CA passphrase is set"]
+    assert "ansible-vault" in failures[0][2]
+    assert result.recaps[0].changed == 0
