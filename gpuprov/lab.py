@@ -55,7 +55,8 @@ def build_images(names: Iterable[str]) -> None:
 
 
 def _run_kwargs(host: LabHost) -> dict:
-    cache = Path(paths.state_dir() / "apt-cache" / host.os)
+    # One apt cache per host: two containers sharing /var/cache/apt/archives fight over its lock.
+    cache = Path(paths.state_dir() / "apt-cache" / host.os / host.name)
     cache.mkdir(parents=True, exist_ok=True)
     return dict(
         image=host.image,

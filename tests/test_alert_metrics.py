@@ -1,0 +1,53 @@
+"""Every metric the alert rules use exists under that exact name in what the exporters really
+expose: Triton 2.51's and nvitop-exporter 1.7.2's /metrics as recorded on the device machine's H200
+(tests/fixtures/metrics/). The first GPU run showed nvitop-exporter names its gauges with a unit
+suffix (gpu_utilization_Percentage), which the rules had missed; this test keeps that from coming
+back."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = (ROOT / "roles/prometheus/templates/gpuprov.rules.yml.j2").read_text()
+FIXTURES = ROOT / "tests/fixtures/metrics"
+
+# Not recordable here: DCGM's exporter needs NGC. Names from dcgm-exporter's default counters.
+DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
+# Prometheus's own and the blackbox exporter's (the stack scenario fires TritonNotReady on them).
+OTHERS = {"up", "probe_success", "probe_ssl_earliest_cert_expiry"}
+
+
+def _exposed(name: str) -> set[str]:
+    return {ln.split("{")[0].split()[0] for ln in (FIXTURES / name).read_text().splitlines()
+            if ln and not ln.startswith("#")}
+
+
+def _used() -> set[str]:
+    """Metric names in the rules' expressions (Jinja variables, label matchers, functions removed)."""
+    exprs = []
+    for folded, single in re.findall(r"expr: >-\n((?:[ ]{10}.*\n)+)|expr: (.*)\n", RULES):
+        exprs.append(folded or single)
+    text = re.sub(r"\{\{.*?\}\}", " ", " ".join(exprs))  # thresholds
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\([^()]*\)\s*\(", "(", text)  # by (labels) (
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    return words - {"sum", "by", "rate", "time", "or", "and", "e6", "m"}
+
+
+def test_the_rules_use_metrics():
+    used = _used()
+    assert {"nv_inference_request_duration_us", "gpu_utilization_Percentage", "up"} <= used, used
+
+
+def test_every_metric_in_the_rules_is_exposed_under_that_name():
+    triton = _exposed("triton-2.51-h200.prom")
+    nvitop = _exposed("nvitop-exporter-1.7.2-h200.prom")
+    for name in sorted(_used()):
+        if name.startswith("nv_"):
+            assert name in triton, f"{name}: Triton 2.51 does not expose it"
+        elif name.startswith("gpu_"):
+            assert name in nvitop, f"{name}: nvitop-exporter 1.7.2 does not expose it"
+        else:
+            assert name in DCGM | OTHERS, f"{name}: unknown metric"
