@@ -51,3 +51,16 @@ def test_every_metric_in_the_rules_is_exposed_under_that_name():
             assert name in nvitop, f"{name}: nvitop-exporter 1.7.2 does not expose it"
         else:
             assert name in DCGM | OTHERS, f"{name}: unknown metric"
+
+
+def test_the_grafana_dashboard_uses_exposed_metrics():
+    import json
+
+    dashboard = json.loads((ROOT / "roles/prometheus/files/grafana/gpuprov-inference.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) == len(dashboard["panels"]) >= 8
+    text = re.sub(r"\{[^}]*\}", " ", " ".join(exprs))
+    text = re.sub(r"\([^()]*\)\s*\(", "(", text)
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) - {"sum", "by", "rate", "time", "or", "e6", "m"}
+    known = _exposed("triton-2.51-h200.prom") | _exposed("nvitop-exporter-1.7.2-h200.prom") | DCGM | OTHERS
+    assert names <= known, names - known
