@@ -1,0 +1,107 @@
+"""Run scripts/test's long steps (pytest, Molecule scenarios) side by side.
+
+Each step is a line on stdin: `NAME<TAB>RESOURCES<TAB>COMMAND`, RESOURCES a comma-separated list
+(container names, apt cache directories); two steps that share a resource never run together.
+Steps start in the order given (longest first is the caller's job) as soon as a slot is free and
+their resources are. A step's output goes to LOG_DIR/<name>.log and, when it ends, to stdout in
+one piece, so the steps' outputs never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS`,
+is written to RESULTS.
+
+usage: parallel_steps.py JOBS LOG_DIR RESULTS < steps
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+@dataclass
+class Step:
+    name: str
+    resources: frozenset[str]
+    command: str
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    started: float = 0.0
+    rc: int | None = None
+    seconds: int = 0
+    log_path: Path = field(default_factory=Path)
+
+
+def parse(lines: list[str]) -> list[Step]:
+    steps = []
+    for line in lines:
+        if not line.strip():
+            continue
+        name, resources, command = line.rstrip("\n").split("\t", 2)
+        steps.append(Step(name, frozenset(r for r in resources.split(",") if r), command))
+    return steps
+
+
+def log_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".log"
+
+
+def runnable(step: Step, running: list[Step]) -> bool:
+    return all(not (step.resources & other.resources) for other in running)
+
+
+def start(step: Step, log_dir: Path) -> None:
+    step.log_path = log_dir / log_name(step.name)
+    step.log = step.log_path.open("wb")
+    step.started = time.monotonic()
+    print(f"=== start {step.name}", flush=True)
+    step.proc = subprocess.Popen(["bash", "-c", step.command], stdout=step.log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+
+
+def finish(step: Step, results: IO[str]) -> None:
+    assert step.proc is not None and step.log is not None
+    step.rc = step.proc.returncode
+    step.seconds = int(time.monotonic() - step.started)
+    step.log.close()
+    print(f"=== {step.name}", flush=True)
+    sys.stdout.buffer.write(step.log_path.read_bytes())
+    verdict = "PASS" if step.rc == 0 else "FAIL"
+    detail = f"{step.seconds}s" if step.rc == 0 else f"rc {step.rc}, {step.seconds}s"
+    print(f"--- {verdict} {step.name} ({detail})", flush=True)
+    results.write(f"{step.name}\t{step.rc}\t{step.seconds}\n")
+    results.flush()
+
+
+def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> None:
+    waiting, running = list(steps), []
+    while waiting or running:
+        for step in list(waiting):
+            if len(running) < jobs and runnable(step, running):
+                waiting.remove(step)
+                start(step, log_dir)
+                running.append(step)
+        time.sleep(1)
+        for step in list(running):
+            assert step.proc is not None
+            if step.proc.poll() is not None:
+                running.remove(step)
+                finish(step, results)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 64
+    jobs, log_dir, results_path = max(1, int(argv[1])), Path(argv[2]), Path(argv[3])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    steps = parse(sys.stdin.readlines())
+    with results_path.open("w") as results:
+        run_all(steps, jobs, log_dir, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

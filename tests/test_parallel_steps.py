@@ -1,0 +1,53 @@
+"""scripts/test's scheduler and the resources it reads from Molecule scenarios, run as processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEDULER = ROOT / "scripts" / "lib" / "parallel_steps.py"
+RESOURCES = ROOT / "scripts" / "lib" / "molecule_resources.py"
+
+
+def _run(steps: str, jobs: int, tmp_path: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+    results = tmp_path / "results.tsv"
+    out = subprocess.run([sys.executable, str(SCHEDULER), str(jobs), str(tmp_path / "logs"), str(results)],
+                         input=steps, text=True, capture_output=True, check=True, timeout=60)
+    rows = [line.split("\t") for line in results.read_text().splitlines()]
+    return out.stdout, {name: (int(rc), int(secs)) for name, rc, secs in rows}
+
+
+def test_steps_that_share_a_resource_never_overlap(tmp_path: Path) -> None:
+    stamp = tmp_path / "stamps"
+    stamp.mkdir()
+    # Each step records when it started and ended; a and b share "apt:x", c shares nothing.
+    cmd = "date +%s.%N > {d}/{n}.start; sleep 1.5; date +%s.%N > {d}/{n}.end"
+    steps = "".join(f"{n}\t{res}\t{cmd.format(d=stamp, n=n)}\n"
+                    for n, res in (("a", "apt:x,container:a"), ("b", "apt:x"), ("c", "container:c")))
+    out, results = _run(steps, 3, tmp_path)
+    t = {n: (float((stamp / f"{n}.start").read_text()), float((stamp / f"{n}.end").read_text())) for n in "abc"}
+    assert t["b"][0] >= t["a"][1], "a and b share apt:x but ran together"
+    assert t["c"][0] < t["a"][1], "c shares nothing with a and still waited for it"
+    assert {n: rc for n, (rc, _) in results.items()} == {"a": 0, "b": 0, "c": 0}
+    assert out.count("--- PASS") == 3
+
+
+def test_a_failing_step_is_reported_with_its_output_in_one_piece(tmp_path: Path) -> None:
+    steps = "ok\t\techo fine\nbad\t\techo first; sleep 0.5; echo second; exit 3\n"
+    out, results = _run(steps, 2, tmp_path)
+    assert results["bad"][0] == 3 and results["ok"][0] == 0
+    assert "=== bad\nfirst\nsecond\n--- FAIL bad (rc 3," in out
+    assert (tmp_path / "logs" / "bad.log").read_text() == "first\nsecond\n"
+
+
+def test_scenarios_that_reuse_the_shared_platforms_conflict_and_the_stack_does_not() -> None:
+    def res(d: str) -> set[str]:
+        return set(subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
+                   .strip().split(","))
+
+    base, triton, stack = res("roles/base/molecule/default"), res("roles/triton/molecule/default"), res("molecule/stack")
+    assert "container:gpuprov-debian12" in base & triton
+    assert "container:gpuprov-stack-gpu" in stack and "network:gpuprov-stack-test" in stack
+    assert not stack & base, "the stack scenario would wait for every role scenario"
