@@ -25,13 +25,13 @@ def _inventory_dir() -> str:
 
 
 def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check: bool = False,
-                 limit: str | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
+                 limit: str | None = None, inventories: tuple[str, ...] = ()) -> tuple[RunResult, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     extra = [json.dumps(extra_vars)] if extra_vars else []
     req = RunRequest(
         command="molecule-verify",
         playbook=str(playbook.resolve()),
-        inventories=[_inventory_dir()],
+        inventories=[_inventory_dir(), *inventories],
         limit=limit,
         extra_vars=extra,
         check=check,
@@ -41,13 +41,20 @@ def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check
 
 
 def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = False,
-             limit: str | None = None, pre_roles: tuple[str, ...] = ()) -> tuple[RunResult, list[dict[str, Any]]]:
-    play = [{"name": f"Apply {role}", "hosts": "all", "become": True,
+             limit: str | None = None, pre_roles: tuple[str, ...] = (), hosts: str = "all",
+             extra_inventory: dict[str, Any] | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
+    """`extra_inventory`: an inventory (YAML structure) added to Molecule's, e.g. hosts that join a group."""
+    play = [{"name": f"Apply {role}", "hosts": hosts, "become": True,
              "roles": [*pre_roles, role]}]
     with tempfile.TemporaryDirectory(prefix="gpuprov-verify-") as tmp:
         path = Path(tmp) / "play.yml"
         path.write_text(yaml.safe_dump(play))
-        return run_playbook(path, extra_vars, check, limit)
+        inventories: tuple[str, ...] = ()
+        if extra_inventory:
+            extra = Path(tmp) / "extra-inventory.yml"
+            extra.write_text(yaml.safe_dump(extra_inventory))
+            inventories = (str(extra),)
+        return run_playbook(path, extra_vars, check, limit, inventories)
 
 
 def failed_tasks(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

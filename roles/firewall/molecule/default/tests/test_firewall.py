@@ -1,0 +1,162 @@
+"""The firewall on Debian 12 and 13: default drop in gpuprov's own table, the sources it is given,
+validation before anything loads, rules back after an nftables restart and a reboot, other tables
+untouched, and, over a real SSH connection, a controller that is never locked out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+HOSTS = ["gpuprov-fw-debian12", "gpuprov-fw-debian13"]
+OUTSIDER = instance("gpuprov-fw-outsider")
+KEY = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "id_ed25519")
+CONVERGE = {"firewall_admin_cidrs": ["198.51.100.0/24", "2001:db8:100::/48"],
+            "firewall_client_cidrs": ["203.0.113.0/24"], "firewall_monitoring_extra_cidrs": ["192.0.2.50/32"]}
+
+
+def _ip(name: str) -> str:
+    return instance(name).check_output("hostname -I").split()[0]
+
+
+def _gateway(name: str) -> str:
+    """The controller's address as the host sees it (Docker's bridge gateway)."""
+    return instance(name).check_output("ip route show default").split()[2]
+
+
+def _table(name: str) -> str:
+    return instance(name).check_output("nft list table inet gpuprov")
+
+
+def _ssh(ip: str, command: str = "true", timeout: int = 5) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", f"ConnectTimeout={timeout}",
+                           f"root@{ip}", command], capture_output=True, text=True, timeout=timeout + 10)
+
+
+def _over_ssh(ip: str) -> dict:
+    return {"ansible_connection": "ssh", "ansible_host": ip, "ansible_user": "root",
+            "ansible_ssh_private_key_file": KEY,
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
+
+
+def _dropped(host, ip: str, port: int) -> bool:
+    """curl exit 28 is a timeout: the SYN was dropped, not refused."""
+    return host.run(f"curl -sS -o /dev/null --connect-timeout 3 http://{ip}:{port}/").rc == 28
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_default_drop_with_the_given_sources(name):
+    table = _table(name)
+    assert "policy drop" in table
+    assert "198.51.100.0/24" in table and "2001:db8:100::/48" in table
+    assert "tcp dport 22 ct state new limit rate 10/minute burst 20 packets accept" in table
+    assert "203.0.113.0/24" in table and "tcp dport { 8443, 8444 } accept" in table
+    assert "192.0.2.50" in table and "tcp dport { 8002, 9100, 9835 } accept" in table
+    assert instance(name).file("/etc/gpuprov/firewall.nft").mode == 0o600
+
+
+def test_outsider_is_dropped():
+    # sshd listens on the Debian 12 host; the outsider's SYN is dropped, not answered.
+    ip = _ip(HOSTS[0])
+    assert instance(HOSTS[0]).socket("tcp://0.0.0.0:22").is_listening
+    assert _dropped(OUTSIDER, ip, 22)
+    assert _dropped(OUTSIDER, ip, 8443)
+    assert OUTSIDER.run(f"ping -c 1 -W 2 {ip}").rc == 0  # rate-limited echo stays allowed
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_rules_come_back_after_an_nftables_restart(name):
+    host = instance(name)
+    before = _table(name)
+    host.check_output("systemctl restart nftables")  # Debian's unit flushes the whole ruleset
+    assert _table(name) == before
+
+
+def test_rules_come_back_after_a_reboot():
+    name = HOSTS[1]
+    before = _table(name)
+    subprocess.run(["docker", "restart", name], check=True, capture_output=True, timeout=120)
+    state = instance(name).run("systemctl is-system-running --wait").stdout.strip()
+    assert state in ("running", "degraded")
+    assert instance(name).service("gpuprov-firewall").is_enabled
+    assert _table(name) == before
+
+
+def test_other_tables_are_left_alone():
+    host, name = instance(HOSTS[1]), HOSTS[1]
+    host.check_output("nft add table ip other_tool && nft add chain ip other_tool c")
+    try:
+        result, _ = run_role("firewall", {**CONVERGE, "firewall_extra_rules": ["tcp dport 9999 counter accept"]},
+                             limit=name)
+        assert result.rc == 0
+        assert "table ip other_tool" in host.check_output("nft list tables")
+        assert "tcp dport 9999 counter" in _table(name)
+    finally:
+        host.run("nft delete table ip other_tool")
+        run_role("firewall", CONVERGE, limit=name)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"firewall_client_cidrs": ["10.0.0.300/8"]}, "10.0.0.300/8"),
+    ({"firewall_admin_cidrs": ["not-a-network"]}, "not-a-network"),
+    ({"firewall_monitoring_ports": [70000]}, "Ports must be 1..65535"),
+    ({"firewall_ssh_rate": "fast"}, "rates like 10/minute"),
+])
+def test_bad_input_fails_before_any_change(extra, words):
+    before = [_table(n) for n in HOSTS]
+    result, events = run_role("firewall", {**CONVERGE, **extra})
+    failures = failed_tasks(events)
+    assert sorted(h for h, _, _ in failures) == HOSTS, failures
+    assert all(t == "Check the addresses and ports" and words in m for _, t, m in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)
+    assert [_table(n) for n in HOSTS] == before
+
+
+def test_a_ruleset_that_does_not_validate_changes_nothing():
+    name = HOSTS[0]
+    before = instance(name).file("/etc/gpuprov/firewall.nft").content_string
+    table = _table(name)
+    result, events = run_role("firewall", {**CONVERGE, "firewall_extra_rules": ["tcp dport 9999 acept"]}, limit=name)
+    assert [t for _, t, _ in failed_tasks(events)] == ["Write the ruleset (validated with nft -c)"]
+    assert instance(name).file("/etc/gpuprov/firewall.nft").content_string == before
+    assert _table(name) == table
+
+
+# --- over SSH, as on a real host (last: they change the Debian 12 host's SSH sources) ---
+
+def test_over_ssh_the_controller_keeps_its_way_in():
+    name, ip, gateway = HOSTS[0], _ip(HOSTS[0]), _gateway(HOSTS[0])
+    # The converged ruleset admits only the administrators' network: the controller is dropped.
+    assert _ssh(ip, timeout=3).returncode == 255
+    # Open SSH to the controller through Docker, then manage the host over SSH alone.
+    opened, _ = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [f"{gateway}/32"]}, limit=name)
+    assert opened.rc == 0 and _ssh(ip).returncode == 0
+    # Over SSH with no administrators' network at all: the role finds the controller's address
+    # (SSH_CLIENT) and lets it in, so the run finishes and the next connection still works.
+    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
+    assert result.rc == 0, failed_tasks(events)
+    table = _table(name)
+    assert f"elements = {{ {gateway} }}" in table and f"@controller_v4 tcp dport 22 accept" in table
+    assert _ssh(ip).returncode == 0
+    again, _ = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
+    assert again.rc == 0 and again.recaps[0].changed == 0
+    assert _dropped(OUTSIDER, ip, 22)
+
+
+def test_over_ssh_a_ruleset_that_would_lock_the_controller_out_is_refused():
+    name, ip = HOSTS[0], _ip(HOSTS[0])
+    before = _table(name)
+    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], "firewall_allow_controller": False,
+                                           **_over_ssh(ip)}, limit=name)
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check this run keeps its way in"], failures
+    assert "would lock the controller out" in failures[0][2]
+    assert result.recaps[0].changed == 0 and _table(name) == before
+    assert _ssh(ip).returncode == 0

@@ -1,0 +1,121 @@
+"""Prometheus on a monitoring host (Debian 12) whose inventory lists two GPU hosts that do not
+exist: targets come from the inventory (a host added to gpu_servers is scraped on the next run),
+the alert rules pass their promtool unit tests, a rule promtool refuses never replaces the live
+ones, and with Alertmanager on, the down targets' alert reaches it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+MON = instance("gpuprov-prom-debian12")
+CA = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ca.crt")
+BASE = {"prometheus_probe_ca_cert": CA, "prometheus_scrape_interval": "5s", "prometheus_evaluation_interval": "5s"}
+# The GPU hosts converge adds; every run here names them too (a run_role has only Molecule's inventory).
+GPUS = {"gpu-a": {"ansible_host": "192.0.2.10"}, "gpu-b": {"ansible_host": "192.0.2.11"}}
+ALERTS = {"InferenceLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "InferenceBacklog",
+          "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"}
+
+
+def _prometheus(extra: dict | None = None, more_gpus: dict | None = None):
+    inventory = {"all": {"children": {"gpu_servers": {"hosts": {**GPUS, **(more_gpus or {})}}}}}
+    return run_role("prometheus", {**BASE, **(extra or {})}, hosts="monitoring", extra_inventory=inventory)
+
+
+def _api(path: str, port: int = 9090) -> dict:
+    return json.loads(MON.check_output(f"curl -sS 'http://127.0.0.1:{port}/api/{path}'"))
+
+
+def _targets() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for t in _api("v1/targets")["data"]["activeTargets"]:
+        out.setdefault(t["labels"]["job"], set()).add(t["labels"].get("host", t["labels"]["instance"]))
+    return out
+
+
+def _wait(predicate, seconds: int = 60):
+    deadline, value = time.time() + seconds, None
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    return value
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+def test_targets_are_generated_from_the_inventory():
+    node = MON.file("/etc/prometheus/file_sd/node.yml").content_string
+    assert '"192.0.2.10:9100"' in node and '"192.0.2.11:9100"' in node and "host: gpu-b" in node
+    assert '"192.0.2.10:8002"' in MON.file("/etc/prometheus/file_sd/triton.yml").content_string
+    assert "https://192.0.2.11:8443/v2/health/ready" in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string
+    # No gpu fact for these hosts: no GPU exporter target.
+    assert MON.file("/etc/prometheus/file_sd/gpu.yml").content_string.strip().endswith("[]")
+    targets = _wait(lambda: (t := _targets()).get("node") == {"gpu-a", "gpu-b"} and t)
+    assert targets["node"] == {"gpu-a", "gpu-b"} and targets["triton"] == {"gpu-a", "gpu-b"}
+    assert targets["prometheus"] == {"127.0.0.1:9090"}
+
+
+def test_a_host_added_to_the_group_is_scraped_on_the_next_run():
+    result, events = _prometheus(more_gpus={"gpu-c": {"ansible_host": "192.0.2.12"}})
+    assert result.rc == 0, failed_tasks(events)
+    try:
+        assert '"192.0.2.12:9100"' in MON.file("/etc/prometheus/file_sd/node.yml").content_string
+        assert _wait(lambda: "gpu-c" in _targets().get("node", set()), 60)
+    finally:
+        back, _ = _prometheus()
+    assert back.rc == 0
+    assert "192.0.2.12" not in MON.file("/etc/prometheus/file_sd/node.yml").content_string
+
+
+def test_alert_rules_pass_their_unit_tests_and_are_loaded():
+    out = MON.run("cd /etc/prometheus/gpuprov-staging && promtool test rules gpuprov.rules.test.yml")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+    rules = {r["name"] for g in _api("v1/rules")["data"]["groups"] for r in g["rules"]}
+    assert ALERTS <= rules
+    assert MON.run("promtool check config /etc/prometheus/prometheus.yml").rc == 0
+
+
+def test_an_invalid_rule_is_refused_and_prometheus_keeps_serving():
+    live = MON.file("/etc/prometheus/rules/gpuprov.rules.yml").content_string
+    result, events = _prometheus({"prometheus_extra_alert_rules": [{"alert": "Broken", "expr": "up ==== 1"}]})
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Stage the alert rules (promtool check rules)"]
+    assert result.recaps[0].changed == 0
+    assert MON.file("/etc/prometheus/rules/gpuprov.rules.yml").content_string == live
+    assert MON.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/-/ready") == "200"
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"prometheus_scrape_interval": "15 seconds"}, "'15 seconds'"),
+    ({"prometheus_alert_success_ratio": 1.5}, "prometheus_alert_success_ratio in (0, 1]"),
+    ({"prometheus_probe_ca_cert": "/nonexistent/ca.crt"}, "/nonexistent/ca.crt"),
+])
+def test_bad_input_fails_before_any_change(extra, words):
+    result, events = _prometheus(extra)
+    failures = failed_tasks(events)
+    assert len(failures) == 1 and words in failures[0][2], failures
+    assert result.recaps[0].changed == 0
+
+
+def test_alertmanager_receives_the_down_targets_alert():
+    with_am = {"prometheus_alertmanager_enabled": True, "prometheus_alert_target_down_for_seconds": 10,
+               "prometheus_alertmanager_receiver": {"name": "lab-webhook",
+                                                   "webhook_configs": [{"url": "http://127.0.0.1:9999/alerts"}]}}
+    result, events = _prometheus(with_am)
+    assert result.rc == 0, failed_tasks(events)
+    assert MON.service("prometheus-alertmanager").is_running
+    assert MON.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
+    # The two GPU hosts in the inventory do not exist: TargetDown fires and reaches Alertmanager.
+    alerts = _wait(lambda: [a for a in json.loads(MON.check_output("curl -sS http://127.0.0.1:9093/api/v2/alerts"))
+                            if a["labels"]["alertname"] == "TargetDown"], 120)
+    assert alerts and {a["labels"]["host"] for a in alerts} >= {"gpu-a", "gpu-b"}
+    assert all(a["receivers"][0]["name"] == "lab-webhook" for a in alerts)

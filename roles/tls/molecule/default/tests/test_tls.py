@@ -1,0 +1,114 @@
+"""The tls role on Debian 12 and 13: certificates from an internal CA on the controller, re-issued
+only when they must be, and provided certificates that never show up in a run's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+HOSTS = ["gpuprov-tls-debian12", "gpuprov-tls-debian13"]
+CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
+BASE = {"tls_ca_dir": str(CA_DIR), "tls_ca_passphrase": "tls-test-ca-passphrase",
+        "tls_extra_sans": ["inference.lab.example"]}
+CRT = "/etc/gpuprov/tls/server.crt"
+
+
+def _text(host) -> str:
+    return host.check_output(f"openssl x509 -in {CRT} -noout -text")
+
+
+def _serial(host) -> str:
+    return host.check_output(f"openssl x509 -in {CRT} -noout -serial")
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_certificate_names_the_host_and_verifies_against_the_ca(name):
+    host = instance(name)
+    text = _text(host)
+    ip = host.check_output("hostname -I").split()[0]
+    assert f"DNS:{name}" in text and f"IP Address:{ip}" in text and "DNS:inference.lab.example" in text
+    assert "DNS:localhost" in text and "IP Address:127.0.0.1" in text
+    assert "TLS Web Server Authentication" in text
+    assert host.run(f"openssl verify -CAfile /etc/gpuprov/tls/ca.crt {CRT}").rc == 0
+    # The CA on the host is the controller's.
+    assert host.file("/etc/gpuprov/tls/ca.crt").content_string.strip() == (CA_DIR / "ca.crt").read_text().strip()
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_host_key_stays_on_the_host_and_is_private(name):
+    host = instance(name)
+    key = host.file("/etc/gpuprov/tls/server.key")
+    assert key.mode == 0o600 and key.user == "root"
+    # The controller holds the CA's key (encrypted) and certificate, never a host's key.
+    assert not list(CA_DIR.rglob("*server*.key"))
+    assert "ENCRYPTED PRIVATE KEY" in (CA_DIR / "ca.key").read_text()
+
+
+def test_certificate_is_reissued_only_when_names_change_or_expiry_nears():
+    host, limit = instance(HOSTS[0]), HOSTS[0]
+    serial = _serial(host)
+    same, _ = run_role("tls", BASE, limit=limit)
+    assert same.rc == 0 and same.recaps[0].changed == 0 and _serial(host) == serial
+    # Expiring within the window (365-day certificate, 400-day window): re-issued, once.
+    near = {**BASE, "tls_cert_valid_days": 800, "tls_renew_before_days": 400}
+    renewed, _ = run_role("tls", near, limit=limit)
+    assert renewed.rc == 0 and _serial(host) != serial
+    serial = _serial(host)
+    again, _ = run_role("tls", near, limit=limit)
+    assert again.recaps[0].changed == 0 and _serial(host) == serial
+    # A new name: re-issued with it.
+    named, _ = run_role("tls", {**near, "tls_extra_sans": ["inference.lab.example", "api.lab.example"]}, limit=limit)
+    assert named.rc == 0 and _serial(host) != serial
+    assert "DNS:api.lab.example" in _text(host)
+
+
+@pytest.mark.parametrize("extra, task, words", [
+    ({"tls_ca_passphrase": ""}, "Check the CA passphrase is set", "ansible-vault"),
+    ({"tls_ca_passphrase": "short"}, "Check the CA passphrase is set", "at least 12 characters"),
+    ({"tls_renew_before_days": 400}, "Check the settings", "must exceed tls_renew_before_days"),
+    ({"tls_extra_sans": ["bad name"]}, "Check the settings", "tls_extra_sans must be DNS names"),
+])
+def test_bad_input_fails_before_any_change(extra, task, words):
+    before = [_serial(instance(h)) for h in HOSTS]
+    result, events = run_role("tls", {**BASE, **extra})
+    failures = failed_tasks(events)
+    assert sorted(h for h, _, _ in failures) == HOSTS, failures
+    assert all(t == task and words in m for _, t, m in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)
+    assert [_serial(instance(h)) for h in HOSTS] == before
+
+
+def test_provided_certificate_is_installed_and_never_printed(tmp_path):
+    # A certificate from another CA, made with openssl on the controller, as a user would bring one.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "30", "-subj", "/CN=provided.lab.example", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(tmp_path / "c.pem")], check=True, capture_output=True)
+    cert, key = (tmp_path / "c.pem").read_text(), (tmp_path / "k.pem").read_text()
+    host, limit = instance(HOSTS[1]), HOSTS[1]
+    provided = {"tls_mode": "provided", "tls_provided_cert": cert, "tls_provided_key": key, "tls_provided_ca": cert}
+    result, events = run_role("tls", provided, limit=limit)
+    assert result.rc == 0, failed_tasks(events)
+    assert "CN = provided.lab.example" in host.check_output(f"openssl x509 -in {CRT} -noout -subject")
+    assert host.file("/etc/gpuprov/tls/server.key").content_string.strip() == key.strip()
+    assert host.file("/etc/gpuprov/tls/server.key").mode == 0o600
+    # A drift check with --diff shows the change of key without the key.
+    check, check_events = run_role("tls", {**provided, "tls_provided_key": key.replace("A", "B", 1)}, check=True,
+                                   limit=limit)
+    secret_line = key.strip().splitlines()[1]
+    for run_result, run_events in ((result, events), (check, check_events)):
+        assert secret_line not in json.dumps(run_events)
+        artifacts = subprocess.run(["grep", "-rlF", secret_line, str(run_result.run_dir)], capture_output=True, text=True)
+        assert artifacts.stdout == "", f"the key is in {artifacts.stdout}"
+    assert check.tracker.changes, "a different key is drift"
+    # Back to the internal CA, for the tests that follow.
+    back, _ = run_role("tls", BASE, limit=limit)
+    assert back.rc == 0 and "CN = gpuprov-tls-debian13" in host.check_output(f"openssl x509 -in {CRT} -noout -subject")

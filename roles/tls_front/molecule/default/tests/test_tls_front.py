@@ -1,0 +1,120 @@
+"""The TLS front on Debian 12 and 13, before a stand-in upstream on Triton's loopback port: TLS 1.3
+only, HSTS, the audit log kept 180 days, mutual TLS when asked, and a configuration nginx refuses
+never replaces the one it is serving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+
+HOSTS = ["gpuprov-front-debian12", "gpuprov-front-debian13"]
+CA = "/etc/gpuprov/tls/ca.crt"
+CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
+PASSPHRASE = "front-test-ca-passphrase"
+READY = "https://localhost:8443/v2/health/ready"
+
+
+def _s_client(host, args: str):
+    """openssl s_client's exit status and its output, non-printable bytes replaced (h2 frames)."""
+    out = "/tmp/gpuprov-s_client.out"
+    return host.run(f"echo | openssl s_client {args} > {out} 2>&1; rc=$?; "
+                    f"LC_ALL=C tr -c '\\11\\12\\15\\40-\\176' '.' < {out}; exit $rc")
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_front_proxies_to_the_upstream_with_hsts(name):
+    host = instance(name)
+    out = host.run(f"curl -sS -D - --cacert {CA} {READY}")
+    assert out.rc == 0, out.stderr
+    assert out.stdout.startswith("HTTP/1.1 200")
+    assert "Strict-Transport-Security: max-age=63072000" in out.stdout
+    assert out.stdout.rstrip().endswith("ready from the stand-in")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+@pytest.mark.parametrize("port", [8443, 8444])
+def test_only_tls13_is_spoken(name, port):
+    host = instance(name)
+    ok = _s_client(host, f"-connect 127.0.0.1:{port} -tls1_3 -CAfile {CA} -verify_return_error")
+    assert ok.rc == 0 and "TLSv1.3" in ok.stdout and "Verify return code: 0 (ok)" in ok.stdout
+    for old in ("tls1_2", "tls1_1"):
+        refused = _s_client(host, f"-connect 127.0.0.1:{port} -{old} -CAfile {CA}")
+        assert refused.rc != 0, refused.stdout
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_grpc_port_speaks_http2(name):
+    out = _s_client(instance(name), f"-connect 127.0.0.1:8444 -tls1_3 -alpn h2 -CAfile {CA}")
+    assert out.rc == 0 and "ALPN protocol: h2" in out.stdout
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_every_request_is_in_the_audit_log_kept_180_days(name):
+    host = instance(name)
+    host.check_output(f"curl -sS -o /dev/null --cacert {CA} {READY}?audit-{name}")
+    log = host.file("/var/log/gpuprov/api-access.log")
+    assert log.mode == 0o640 and log.group == "adm"
+    assert f"GET /v2/health/ready?audit-{name} HTTP/1.1\" 200" in log.content_string
+    rotate = host.file("/etc/logrotate.d/gpuprov-front").content_string
+    assert "rotate 180" in rotate and "maxage 180" in rotate and "daily" in rotate
+    assert host.run("logrotate --debug /etc/logrotate.d/gpuprov-front").rc == 0
+
+
+def test_a_configuration_nginx_refuses_changes_nothing():
+    # A key that does not belong to the certificate: the template renders, nginx -t refuses it.
+    host, name = instance(HOSTS[0]), HOSTS[0]
+    host.check_output("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out /root/other.key")
+    live = host.file("/etc/nginx/conf.d/gpuprov-front.conf").content_string
+    result, events = run_role("tls_front", {"tls_front_key": "/root/other.key"}, limit=name)
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Fail with nginx's verdict"], failures
+    assert "nginx rejected" in failures[0][2] and "key values mismatch" in failures[0][2]
+    assert host.file("/etc/nginx/conf.d/gpuprov-front.conf").content_string == live
+    assert host.run(f"curl -sS -f --cacert {CA} {READY}").rc == 0
+    assert host.run("nginx -t").rc == 0
+
+
+def test_bad_input_fails_before_any_change():
+    result, events = run_role("tls_front", {"tls_front_max_body_size": "8 megabytes"})
+    failures = failed_tasks(events)
+    assert sorted(h for h, _, _ in failures) == HOSTS
+    assert all(t == "Check the settings" and "'8 megabytes'" in m for _, t, m in failures), failures
+    assert all(r.changed == 0 for r in result.recaps)
+
+
+def _client_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A client certificate signed by the scenario's CA, with openssl on the controller."""
+    key, csr, crt = tmp / "client.key", tmp / "client.csr", tmp / "client.crt"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=lab-client", "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(CA_DIR / "ca.crt"), "-CAkey",
+                    str(CA_DIR / "ca.key"), "-passin", f"pass:{PASSPHRASE}", "-days", "1", "-out", str(crt)],
+                   check=True, capture_output=True)
+    return key, crt
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path):
+    host, name = instance(HOSTS[1]), HOSTS[1]
+    result, events = run_role("tls_front", {"tls_front_mutual_tls": True}, limit=name)
+    assert result.rc == 0, failed_tasks(events)
+    try:
+        key, crt = _client_certificate(tmp_path)
+        for path in (key, crt):
+            host.check_output(f"cat > /root/{path.name} <<'PEM'\n{path.read_text()}PEM")
+        without = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --cacert {CA} {READY}")
+        assert without.stdout == "400"  # nginx: no required SSL certificate was sent
+        admitted = host.run(f"curl -sS --cacert {CA} --cert /root/client.crt --key /root/client.key {READY}")
+        assert admitted.rc == 0 and admitted.stdout.strip() == "ready from the stand-in"
+        assert '"CN=lab-client"' in host.file("/var/log/gpuprov/api-access.log").content_string
+    finally:
+        back, _ = run_role("tls_front", {}, limit=name)
+        assert back.rc == 0
+    assert host.run(f"curl -sS -f -o /dev/null --cacert {CA} {READY}").rc == 0
