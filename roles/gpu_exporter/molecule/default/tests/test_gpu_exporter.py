@@ -31,7 +31,7 @@ def test_auto_installs_nothing_without_gpus_and_says_why():
 
 def test_forced_on_the_pinned_exporter_is_installed_from_the_controllers_wheels():
     assert FORCED.run("cd /opt/gpuprov/gpu-exporter/wheelhouse && sha256sum --quiet --strict -c SHA256SUMS").rc == 0
-    freeze = FORCED.check_output(f"{VENV}/bin/python -m pip freeze").lower().splitlines()
+    freeze = FORCED.check_output(f"{VENV}/bin/python -m pip freeze").lower().replace("_", "-").splitlines()
     for pin in ("nvitop-exporter==1.7.2", "nvitop==1.7.2", "nvidia-ml-py==13.615.71", "prometheus-client==0.26.0"):
         assert pin in freeze
 

@@ -53,7 +53,7 @@ def test_a_zero_changes_in_check_mode():
 
 def test_targets_are_generated_from_the_inventory():
     node = MON.file("/etc/prometheus/file_sd/node.yml").content_string
-    assert '"192.0.2.10:9100"' in node and '"192.0.2.11:9100"' in node and "host: gpu-b" in node
+    assert '"192.0.2.10:9100"' in node and '"192.0.2.11:9100"' in node and 'host: "gpu-b"' in node
     assert '"192.0.2.10:8002"' in MON.file("/etc/prometheus/file_sd/triton.yml").content_string
     assert "https://192.0.2.11:8443/v2/health/ready" in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string
     # No gpu fact for these hosts: no GPU exporter target.
