@@ -124,6 +124,10 @@ def test_outsider_is_dropped_and_metrics_only_reach_monitoring():
 def test_firewall_survives_an_nftables_restart():
     # Debian's nftables.service flushes the whole ruleset; the gpuprov unit loads its table again.
     GPU.check_output("systemctl restart nftables")
+    # gpuprov-firewall restarts with it (PartOf), as a job of its own that may still be running.
+    deadline = time.time() + 15
+    while time.time() < deadline and "table inet gpuprov" not in GPU.check_output("nft list tables"):
+        time.sleep(0.5)
     assert "table inet gpuprov" in GPU.check_output("nft list tables")
     _firewall_holds()
     GPU.check_output("systemctl restart gpuprov-firewall")
