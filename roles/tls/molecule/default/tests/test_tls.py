@@ -97,7 +97,10 @@ def test_provided_certificate_is_installed_and_never_printed(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-days", "30", "-subj", "/CN=provided.lab.example", "-keyout", str(tmp_path / "k.pem"),
                     "-out", str(tmp_path / "c.pem")], check=True, capture_output=True)
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", str(tmp_path / "k2.pem")], check=True, capture_output=True)
     cert, key = (tmp_path / "c.pem").read_text(), (tmp_path / "k.pem").read_text()
+    other_key = (tmp_path / "k2.pem").read_text()
     host, limit = instance(HOSTS[1]), HOSTS[1]
     provided = {"tls_mode": "provided", "tls_provided_cert": cert, "tls_provided_key": key, "tls_provided_ca": cert}
     result, events = run_role("tls", provided, limit=limit)
@@ -106,10 +109,10 @@ def test_provided_certificate_is_installed_and_never_printed(tmp_path):
     assert host.file("/etc/gpuprov/tls/server.key").content_string.strip() == key.strip()
     assert host.file("/etc/gpuprov/tls/server.key").mode == 0o600
     # A drift check with --diff shows the change of key without the key.
-    check, check_events = run_role("tls", {**provided, "tls_provided_key": key.replace("A", "B", 1)}, check=True,
-                                   limit=limit)
-    secret_line = key.strip().splitlines()[1]
-    for run_result, run_events in ((result, events), (check, check_events)):
+    check, check_events = run_role("tls", {**provided, "tls_provided_key": other_key}, check=True, limit=limit)
+    assert check.rc == 0, failed_tasks(check_events)
+    for secret, run_result, run_events in ((key, result, events), (other_key, check, check_events)):
+        secret_line = secret.strip().splitlines()[1]
         assert secret_line not in json.dumps(run_events)
         artifacts = subprocess.run(["grep", "-rlF", secret_line, str(run_result.run_dir)], capture_output=True, text=True)
         assert artifacts.stdout == "", f"the key is in {artifacts.stdout}"
