@@ -64,6 +64,8 @@ class RunTracker:
     def __init__(self) -> None:
         self.hosts: dict[str, HostProgress] = {}
         self.changes: list[Change] = []
+        # Tasks whose result no_log hid: whether they changed anything shows only in the stats.
+        self.hidden: list[Change] = []
         self.current_task: str = ""
         self.play: str = ""
         self.task_total: int | None = None
@@ -101,6 +103,9 @@ class RunTracker:
         task = data.get("task", "")
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             hp.failed_tasks.append(task)
+        if kind == "runner_on_ok" and "censored" in res and not self._changed(res):
+            self.hidden.append(Change(host=hp.host, task=task, role=data.get("role"),
+                                      action=data.get("task_action", "")))
         if kind == "runner_on_ok" and self._changed(res):
             diff = res.get("diff") or []
             self.changes.append(
@@ -119,6 +124,22 @@ class RunTracker:
             return True
         # A loop reports changed per item as well as at the top.
         return any(isinstance(r, dict) and r.get("changed") for r in res.get("results") or [])
+
+    def reconcile(self, changed_per_host: dict[str, int]) -> None:
+        """Account for changes no_log hid: where the stats count more changed tasks for a host than
+        the events showed, the hidden tasks are the changed ones. With as many hidden tasks as missing
+        changes each is named; otherwise one entry names the candidates."""
+        for host, count in changed_per_host.items():
+            missing = int(count) - sum(1 for c in self.changes if c.host == host)
+            hidden = [c for c in self.hidden if c.host == host]
+            if missing <= 0 or not hidden:
+                continue
+            if len(hidden) == missing:
+                self.changes.extend(hidden)
+                continue
+            names = ", ".join(c.label() for c in hidden)
+            self.changes.append(Change(host=host, task=f"{missing} of these (output hidden by no_log): {names}",
+                                       role=None, action=""))
 
     def changes_by_host(self) -> dict[str, list[Change]]:
         out: dict[str, list[Change]] = {}

@@ -196,6 +196,7 @@ def run(
     r = ansible_runner.run(**kwargs)
     duration = time.monotonic() - started
     scrub_artifacts(run_dir)
+    tracker.reconcile(dict((r.stats or {}).get("changed") or {}))
     result = RunResult(
         rc=int(r.rc if r.rc is not None else 1),
         status=str(r.status),

@@ -68,3 +68,38 @@ def test_run_dir_layout(tmp_path):
     assert (result.run_dir / "artifacts" / "run" / "job_events").is_dir()
     assert not (result.run_dir / "env" / "extravars").exists()
     assert os.stat(result.run_dir / "artifacts" / "run" / "command").st_mode & 0o077 == 0
+
+
+def test_a_change_hidden_by_no_log_is_still_drift(tmp_path):
+    """no_log censors a task's result, `changed` included; the drift list must still name it."""
+    inv = write_local_inventory(tmp_path / "hosts.yml")
+    (tmp_path / "token").write_text("old")
+    playbook = tmp_path / "hidden.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Hidden changes", "hosts": "all", "gather_facts": False,
+        "tasks": [
+            {"name": "Write the token", "no_log": True,
+             "ansible.builtin.copy": {"content": "{{ hf_token }}", "dest": str(tmp_path / "token"), "mode": "0600"}},
+            {"name": "Read nothing secret", "no_log": True, "ansible.builtin.command": "true",
+             "changed_when": False},
+            {"name": "Loop over secrets", "no_log": True, "loop": [1, 2],
+             "ansible.builtin.copy": {"content": "{{ hf_token }}{{ item }}", "dest": str(tmp_path) + "/t{{ item }}",
+                                      "mode": "0600"}},
+        ],
+    }]))
+    check = run(RunRequest(command="test-hidden", playbook=str(playbook), inventories=[str(inv)],
+                           extra_vars=[f"hf_token={SECRET}"], check=True, diff=True))
+    assert check.rc == 0 and check.recaps[0].changed == 2
+    # Both hidden tasks that ran changed (the command is skipped in check mode): each is named.
+    assert [c.label() for c in check.tracker.changes] == ["Write the token", "Loop over secrets"]
+    assert (tmp_path / "token").read_text() == "old"
+    # Applied, then one hidden task changes: it is named.
+    run(RunRequest(command="test-hidden", playbook=str(playbook), inventories=[str(inv)],
+                   extra_vars=[f"hf_token={SECRET}"]))
+    (tmp_path / "t1").write_text("drifted")
+    again = run(RunRequest(command="test-hidden", playbook=str(playbook), inventories=[str(inv)],
+                           extra_vars=[f"hf_token={SECRET}"], check=True, diff=True))
+    # One change among two hidden tasks: which one cannot be told, so both are named as candidates.
+    assert [c.label() for c in again.tracker.changes] == [
+        "1 of these (output hidden by no_log): Write the token, Loop over secrets"]
+    assert all(SECRET not in c.label() for c in again.tracker.changes)
