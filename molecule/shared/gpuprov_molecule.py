@@ -89,6 +89,14 @@ def instance(name: str):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
 
 
+def s_client(host, args: str):
+    """`openssl s_client ARGS` on a testinfra host: its exit status and its output with non-printable
+    bytes replaced (after an h2 handshake the server's first HTTP/2 frames are binary)."""
+    out = "/tmp/gpuprov-s_client.out"
+    return host.run(f"echo | openssl s_client {args} > {out} 2>&1; rc=$?; "
+                    f"LC_ALL=C tr -c '\\11\\12\\15\\40-\\176' '.' < {out}; exit $rc")
+
+
 def serve_stand_in_repository(host, repo_path: str, key_name: str, port: int) -> dict[str, str]:
     """A stand-in for an NVIDIA apt repository on the instance: an InRelease file and a signing key
     (a fresh test key, so its fingerprint is not NVIDIA's) under /srv/standin/<repo_path>, served

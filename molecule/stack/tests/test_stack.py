@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from gpuprov_molecule import assert_no_changes_in_check_mode, instance
+from gpuprov_molecule import assert_no_changes_in_check_mode, instance, s_client
 
 GPU, MON, CLIENT, OUTSIDER = (instance(f"gpuprov-stack-{n}") for n in ("gpu", "mon", "client", "outsider"))
 CA = "/root/gpuprov-ca.crt"
@@ -32,18 +32,8 @@ def _curl(host, url: str, *args: str, data: dict | None = None, timeout: int = 5
     return host.run(" ".join(f"'{c}'" for c in cmd))
 
 
-def _s_client(host, args: str):
-    """openssl s_client's exit status and its output with non-printable bytes replaced: after an h2
-    handshake the server's first HTTP/2 frames are binary, and they would reach the output."""
-    out = "/tmp/gpuprov-s_client.out"
-    return host.run(
-        f"echo | openssl s_client {args} > {out} 2>&1; rc=$?; "
-        f"LC_ALL=C tr -c '\\11\\12\\15\\40-\\176' '.' < {out}; exit $rc"
-    )
-
-
 def _handshake(host, port: int, version: str):
-    return _s_client(host, f"-connect {GPU_IP}:{port} -{version} -CAfile {CA} -verify_return_error")
+    return s_client(host, f"-connect {GPU_IP}:{port} -{version} -CAfile {CA} -verify_return_error")
 
 
 def _prometheus(path: str) -> dict:
@@ -84,7 +74,7 @@ def test_only_tls13_is_spoken():
 
 
 def test_grpc_port_speaks_http2_over_tls13():
-    out = _s_client(CLIENT, f"-connect {GPU_IP}:8444 -tls1_3 -alpn h2 -CAfile {CA} -verify_return_error")
+    out = s_client(CLIENT, f"-connect {GPU_IP}:8444 -tls1_3 -alpn h2 -CAfile {CA} -verify_return_error")
     assert out.rc == 0 and "ALPN protocol: h2" in out.stdout
 
 

@@ -9,20 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role, s_client
 
 HOSTS = ["gpuprov-front-debian12", "gpuprov-front-debian13"]
 CA = "/etc/gpuprov/tls/ca.crt"
 CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
 PASSPHRASE = "front-test-ca-passphrase"
 READY = "https://localhost:8443/v2/health/ready"
-
-
-def _s_client(host, args: str):
-    """openssl s_client's exit status and its output, non-printable bytes replaced (h2 frames)."""
-    out = "/tmp/gpuprov-s_client.out"
-    return host.run(f"echo | openssl s_client {args} > {out} 2>&1; rc=$?; "
-                    f"LC_ALL=C tr -c '\\11\\12\\15\\40-\\176' '.' < {out}; exit $rc")
 
 
 def test_a_zero_changes_in_check_mode():
@@ -43,16 +36,16 @@ def test_front_proxies_to_the_upstream_with_hsts(name):
 @pytest.mark.parametrize("port", [8443, 8444])
 def test_only_tls13_is_spoken(name, port):
     host = instance(name)
-    ok = _s_client(host, f"-connect 127.0.0.1:{port} -tls1_3 -CAfile {CA} -verify_return_error")
+    ok = s_client(host, f"-connect 127.0.0.1:{port} -tls1_3 -CAfile {CA} -verify_return_error")
     assert ok.rc == 0 and "TLSv1.3" in ok.stdout and "Verify return code: 0 (ok)" in ok.stdout
     for old in ("tls1_2", "tls1_1"):
-        refused = _s_client(host, f"-connect 127.0.0.1:{port} -{old} -CAfile {CA}")
+        refused = s_client(host, f"-connect 127.0.0.1:{port} -{old} -CAfile {CA}")
         assert refused.rc != 0, refused.stdout
 
 
 @pytest.mark.parametrize("name", HOSTS)
 def test_grpc_port_speaks_http2(name):
-    out = _s_client(instance(name), f"-connect 127.0.0.1:8444 -tls1_3 -alpn h2 -CAfile {CA}")
+    out = s_client(instance(name), f"-connect 127.0.0.1:8444 -tls1_3 -alpn h2 -CAfile {CA}")
     assert out.rc == 0 and "ALPN protocol: h2" in out.stdout
 
 
