@@ -124,12 +124,18 @@ def stop_stand_in_repository(host, port: int) -> None:
     host.run(f"pkill -f 'http.server {port}'")
 
 
-def assert_fails_before_any_change(role: str, extra_vars: dict[str, Any], task: str, words: str, hosts: int = 2,
-                                   pre_roles: tuple[str, ...] = ("gpu_facts",), limit: str | None = None) -> None:
-    """Bad input: on each of `hosts` hosts, exactly one task fails, it is `task` (a substring of its
-    name), its message contains `words`, and nothing changed."""
-    result, events = run_role(role, extra_vars, pre_roles=pre_roles, limit=limit)
+def assert_fails_before_any_change(role: str, extra_vars: dict[str, Any], task: str, words: str,
+                                   hosts: int | list[str] = 2, pre_roles: tuple[str, ...] = ("gpu_facts",),
+                                   limit: str | None = None, play_hosts: str = "all",
+                                   exact_task: bool = False) -> None:
+    """Bad input: on each of `hosts` hosts (a count, or the hosts' names), exactly one task fails, it
+    is `task` (a substring of its name, or the name itself with `exact_task`), its message contains
+    `words`, and nothing changed."""
+    result, events = run_role(role, extra_vars, pre_roles=pre_roles, limit=limit, hosts=play_hosts)
     failures = failed_tasks(events)
-    assert len(failures) == hosts, failures
-    assert all(task in t and words in msg for _, t, msg in failures), failures
+    if isinstance(hosts, int):
+        assert len(failures) == hosts, failures
+    else:
+        assert sorted(h for h, _, _ in failures) == sorted(hosts), failures
+    assert all((t == task if exact_task else task in t) and words in msg for _, t, msg in failures), failures
     assert all(r.changed == 0 for r in result.recaps)

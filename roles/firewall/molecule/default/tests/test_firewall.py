@@ -10,7 +10,13 @@ import subprocess
 import time
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 HOSTS = ["gpuprov-fw-debian12", "gpuprov-fw-debian13"]
 OUTSIDER = instance("gpuprov-fw-outsider")
@@ -128,11 +134,8 @@ def test_other_tables_are_left_alone():
 ])
 def test_bad_input_fails_before_any_change(extra, words):
     before = [_table(n) for n in HOSTS]
-    result, events = run_role("firewall", {**CONVERGE, **extra}, hosts="gpu_servers")
-    failures = failed_tasks(events)
-    assert sorted(h for h, _, _ in failures) == HOSTS, failures
-    assert all(t == "Check the addresses and ports" and words in m for _, t, m in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("firewall", {**CONVERGE, **extra}, "Check the addresses and ports", words,
+                                   hosts=HOSTS, pre_roles=(), play_hosts="gpu_servers", exact_task=True)
     assert [_table(n) for n in HOSTS] == before
 
 

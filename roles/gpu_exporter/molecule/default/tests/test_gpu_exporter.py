@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import os
 
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 AUTO, FORCED = instance("gpuprov-gpuexp-auto"), instance("gpuprov-gpuexp-forced")
 VENV = "/opt/gpuprov/gpu-exporter/venv"
@@ -64,9 +70,6 @@ def test_switching_back_to_auto_stops_the_exporter():
 
 
 def test_bad_input_fails_before_any_change():
-    result, events = run_role("gpu_exporter", {**WHEELS, "gpu_exporter_packages": ["nvitop-exporter>=1.7"]},
-                              pre_roles=("gpu_facts",))
-    failures = failed_tasks(events)
-    assert sorted(h for h, _, _ in failures) == ["gpuprov-gpuexp-auto", "gpuprov-gpuexp-forced"]
-    assert all(t == "Check the settings" and "pinned with ==" in m for _, t, m in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("gpu_exporter", {**WHEELS, "gpu_exporter_packages": ["nvitop-exporter>=1.7"]},
+                                   "Check the settings", "pinned with ==",
+                                   hosts=["gpuprov-gpuexp-auto", "gpuprov-gpuexp-forced"], exact_task=True)

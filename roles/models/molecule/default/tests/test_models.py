@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 SHIPPED = json.loads((Path(__file__).resolve().parents[3] / "files/tiny-deepseek/manifest.json").read_text())
 ROOT = "/var/lib/gpuprov/models"

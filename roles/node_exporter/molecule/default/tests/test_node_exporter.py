@@ -4,7 +4,13 @@ and basic auth through the exporter's web config."""
 from __future__ import annotations
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 HOSTS = ["gpuprov-nodeexp-debian12", "gpuprov-nodeexp-debian13"]
 METRICS = "http://127.0.0.1:9100/metrics"
@@ -59,8 +65,5 @@ def test_basic_auth_through_the_web_config():
 
 
 def test_bad_input_fails_before_any_change():
-    result, events = run_role("node_exporter", {"node_exporter_extra_args": ["collector.systemd"]})
-    failures = failed_tasks(events)
-    assert sorted(h for h, _, _ in failures) == HOSTS
-    assert all(t == "Check the settings" and "collector.systemd" in m for _, t, m in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("node_exporter", {"node_exporter_extra_args": ["collector.systemd"]},
+                                   "Check the settings", "collector.systemd", hosts=HOSTS, pre_roles=(), exact_task=True)

@@ -9,7 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 HOSTS = ["gpuprov-tls-debian12", "gpuprov-tls-debian13"]
 CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
@@ -84,11 +90,7 @@ def test_certificate_is_reissued_only_when_names_change_or_expiry_nears():
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
     before = [_serial(instance(h)) for h in HOSTS]
-    result, events = run_role("tls", {**BASE, **extra})
-    failures = failed_tasks(events)
-    assert sorted(h for h, _, _ in failures) == HOSTS, failures
-    assert all(t == task and words in m for _, t, m in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("tls", {**BASE, **extra}, task, words, hosts=HOSTS, pre_roles=(), exact_task=True)
     assert [_serial(instance(h)) for h in HOSTS] == before
 
 

@@ -9,7 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role, s_client
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+    s_client,
+)
 
 HOSTS = ["gpuprov-front-debian12", "gpuprov-front-debian13"]
 CA = "/etc/gpuprov/tls/ca.crt"
@@ -77,11 +84,8 @@ def test_a_configuration_nginx_refuses_changes_nothing():
 
 
 def test_bad_input_fails_before_any_change():
-    result, events = run_role("tls_front", {"tls_front_max_body_size": "8 megabytes"})
-    failures = failed_tasks(events)
-    assert sorted(h for h, _, _ in failures) == HOSTS
-    assert all(t == "Check the settings" and "'8 megabytes'" in m for _, t, m in failures), failures
-    assert all(r.changed == 0 for r in result.recaps)
+    assert_fails_before_any_change("tls_front", {"tls_front_max_body_size": "8 megabytes"}, "Check the settings",
+                                   "'8 megabytes'", hosts=HOSTS, pre_roles=(), exact_task=True)
 
 
 def _client_certificate(tmp: Path) -> tuple[Path, Path]:

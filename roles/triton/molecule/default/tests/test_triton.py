@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 testinfra_hosts = [f"ansible://gpuprov-debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
 API = "http://127.0.0.1:8000/v2/models/deepseek"
