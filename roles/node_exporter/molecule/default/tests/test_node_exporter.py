@@ -1,7 +1,13 @@
 """node_exporter from Debian's package (12 and 13): the flags gpuprov sets, the textfile collector,
-and basic auth through the exporter's web config."""
+and basic auth through the exporter's web config; and the upstream-release source on Debian 12,
+against a stand-in release (GitHub cannot be reached here)."""
 
 from __future__ import annotations
+
+import hashlib
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 from gpuprov_molecule import (
@@ -67,3 +73,83 @@ def test_basic_auth_through_the_web_config():
 def test_bad_input_fails_before_any_change():
     assert_fails_before_any_change("node_exporter", {"node_exporter_extra_args": ["collector.systemd"]},
                                    "Check the settings", "collector.systemd", hosts=HOSTS, pre_roles=(), exact_task=True)
+
+
+@pytest.fixture(scope="module")
+def stand_in_release(tmp_path_factory) -> dict:
+    """A release in upstream's layout (node_exporter-<v>.linux-amd64/node_exporter) around the
+    Debian 12 host's own node_exporter binary, under file://<dir>/v<v>/, with its sha256."""
+    host = instance(HOSTS[0])
+    version = host.check_output("prometheus-node-exporter --version 2>&1").split("version ")[1].split("+")[0].split()[0]
+    root = tmp_path_factory.mktemp("release")
+    name = f"node_exporter-{version}.linux-amd64"
+    binary = root / "node_exporter"
+    subprocess.run(["docker", "cp", f"{HOSTS[0]}:/usr/bin/prometheus-node-exporter", str(binary)], check=True)
+    (root / f"v{version}").mkdir()
+    tarball = root / f"v{version}" / f"{name}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(binary, arcname=f"{name}/node_exporter")
+    sha = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    settings = {"node_exporter_source": "release", "node_exporter_release_version": version,
+                "node_exporter_release_checksums": {version: {"amd64": sha}},
+                "node_exporter_release_base_url": f"file://{root}",
+                "node_exporter_controller_cache": str(root / "cache"),
+                "node_exporter_disabled_collectors": ["netstat"]}
+    return {"version": version, "sha": sha, "cache": root / "cache" / f"{name}.tar.gz", "settings": settings}
+
+
+def _serving(host) -> bool:
+    return host.run("curl -sfS -o /dev/null " + METRICS).rc == 0
+
+
+def test_the_upstream_release_replaces_the_package_and_back(stand_in_release):
+    host, name = instance(HOSTS[0]), HOSTS[0]
+    release, version = stand_in_release["settings"], stand_in_release["version"]
+    try:
+        result, events = run_role("node_exporter", release, limit=name)
+        assert result.rc == 0, failed_tasks(events)
+        # Downloaded once onto the controller, verified; the host runs it under gpuprov's unit.
+        cache = stand_in_release["cache"]
+        assert hashlib.sha256(Path(cache).read_bytes()).hexdigest() == stand_in_release["sha"]
+        assert host.file("/usr/local/bin/node_exporter").linked_to == f"/opt/node_exporter/{version}/node_exporter"
+        assert not host.service("prometheus-node-exporter").is_running
+        assert not host.service("prometheus-node-exporter").is_enabled
+        unit = host.service("node_exporter")
+        assert unit.is_running and unit.is_enabled
+        pid = host.check_output("systemctl show -p MainPID --value node_exporter")
+        assert host.check_output(f"stat -c %U /proc/{pid}") == "node_exporter"
+        assert host.run("systemd-analyze verify /etc/systemd/system/node_exporter.service").rc == 0
+        assert "NoNewPrivileges=true" in host.file("/etc/systemd/system/node_exporter.service").content_string
+        metrics = host.check_output(f"curl -sS {METRICS}")
+        # gpuprov's flags reach the release's binary: netstat (on by default) is off.
+        assert 'node_scrape_collector_success{collector="cpu"} 1' in metrics
+        assert 'node_scrape_collector_success{collector="netstat"}' not in metrics
+        assert "--no-collector.netstat" in host.file("/etc/default/node_exporter").content_string
+
+        again, _ = run_role("node_exporter", release, limit=name)
+        assert again.rc == 0 and again.recaps[0].changed == 0
+        check, _ = run_role("node_exporter", release, check=True, limit=name)
+        assert check.rc == 0 and check.tracker.changes == [], check.tracker.changes
+
+        # A tarball that does not match the pinned checksum: the download fails, nothing changes,
+        # the cached copy and the running exporter stay.
+        wrong = {**release, "node_exporter_release_checksums": {version: {"amd64": "0" * 64}}}
+        bad, events = run_role("node_exporter", wrong, limit=name)
+        failures = failed_tasks(events)
+        assert [t for _, t, _ in failures] == ["Download the release onto the controller (checksum verified)"], failures
+        assert bad.recaps[0].changed == 0
+        assert hashlib.sha256(Path(cache).read_bytes()).hexdigest() == stand_in_release["sha"]
+        assert _serving(host)
+    finally:
+        back, events = run_role("node_exporter", {}, limit=name)
+    assert back.rc == 0, failed_tasks(events)
+    assert host.service("prometheus-node-exporter").is_running
+    assert not host.service("node_exporter").is_running and not host.service("node_exporter").is_enabled
+    assert _serving(host)
+
+
+def test_a_release_version_without_a_checksum_is_refused():
+    assert_fails_before_any_change("node_exporter", {"node_exporter_source": "release",
+                                                     "node_exporter_release_version": "1.9.1"},
+                                   "Check the release is pinned for this host", "node_exporter_release_checksums['1.9.1']",
+                                   hosts=HOSTS, pre_roles=(), exact_task=True)
