@@ -1,4 +1,4 @@
-"""gpuprov command line: apply, check, facts, lab."""
+"""gpuprov command line: apply, check, verify, facts, lab."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ EXIT_USAGE = 64
 
 EPILOG = """\
 exit codes:
-  0   success (check: no changes)
-  1   a task failed, a host was unreachable, or the command could not run
+  0   success (check: no changes; verify: every check passed)
+  1   a task or a verify check failed, a host was unreachable, or the command could not run
   2   check: changes found (the hosts have drifted from the repository)
   64  bad command-line usage
 
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_play_args(p)
     p = sub.add_parser("check", help="dry run (--check --diff): list what would change per host")
     _add_play_args(p)
+    p = sub.add_parser("verify", help="read-only checks of converged hosts: a pass/FAIL/skip table per host")
+    _add_target_args(p)
+    p.add_argument("-e", "--extra-vars", action="append", default=[],
+                   help="extra variables, key=value or @file (repeatable); the inventory's settings apply")
+    p.add_argument("--vault-password-file", help="file holding the ansible-vault password")
+    p.add_argument("--playbook", default="playbooks/verify.yml", help="playbook, relative to the repo")
     p = sub.add_parser("facts", help="table of each host's OS, kernel, CPU, memory and GPUs")
     _add_target_args(p)
 
@@ -146,6 +152,40 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
     return EXIT_OK
 
 
+def run_verify(args: argparse.Namespace) -> int:
+    from gpuprov import runner, verify
+
+    missing = _inventory_missing(args.inventory)
+    if missing:
+        print(f"gpuprov: {missing}", file=sys.stderr)
+        return EXIT_FAILED
+    req = runner.RunRequest(
+        command="verify",
+        playbook=args.playbook,
+        inventories=args.inventory,
+        limit=args.limit,
+        extra_vars=args.extra_vars,
+        vault_password_file=args.vault_password_file,
+    )
+    collector = verify.CheckCollector()
+    result = runner.run(req, on_event=collector)
+    if collector.checks:
+        print(display.table(verify.HEADERS, collector.rows()))
+    failed = collector.failed()
+    counts = {r: sum(1 for c in collector.checks if c.result == r) for r in (verify.PASS, verify.FAIL, verify.SKIP)}
+    print(f"\n{counts[verify.PASS]} passed, {counts[verify.FAIL]} failed, {counts[verify.SKIP]} not applicable")
+    print(f"artifacts: {result.run_dir}")
+    if not collector.checks:
+        print("gpuprov: no check ran (no host in the playbook's groups?)", file=sys.stderr)
+        return EXIT_FAILED
+    if failed or result.failed:
+        if result.rc != 0 and not result.recaps:
+            print(f"gpuprov: ansible-playbook exited {result.rc} ({result.status}); "
+                  f"see {result.run_dir}/artifacts/run/stdout", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def run_facts(args: argparse.Namespace) -> int:
     from gpuprov import facts
 
@@ -194,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_play(args, check=False)
     if args.command == "check":
         return run_play(args, check=True)
+    if args.command == "verify":
+        return run_verify(args)
     if args.command == "facts":
         return run_facts(args)
     return run_lab(args)

@@ -36,6 +36,21 @@ def write_local_inventory(path: Path, group: str = "all") -> Path:
     return path
 
 
+def verify_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """{(host, check): (result, found)} from `gpuprov verify`'s table."""
+    import re
+
+    lines = stdout.splitlines()
+    start = next(n for n, ln in enumerate(lines) if ln.startswith("host ") and " check " in ln) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip(), maxsplit=3) + [""]
+        rows[(cells[0], cells[1])] = (cells[2], cells[3])
+    return rows
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

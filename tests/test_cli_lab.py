@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_gpuprov
+from conftest import ROOT, run_gpuprov, verify_rows
 
 HOST = "gpuprov-lab-gpu1"
 MON = "gpuprov-lab-mon1"
@@ -178,3 +178,40 @@ def test_lab_monitoring_sees_every_target(lab, docker_client):
             break
         time.sleep(5)
     assert health == {"prometheus": ["up"], "node": ["up"], "triton": ["up"], "triton_ready": ["up"]}
+
+
+GPU_HOST_CHECKS = [
+    "Triton: service active", "Triton: model ready", "Triton: generate answers",
+    "TLS front: nginx active", "TLS front: HTTPS with a verified certificate, Triton ready behind it",
+    "TLS front: TLS 1.2 refused", "Firewall: table loaded, input dropped by default", "Firewall: loaded at boot",
+    "Node exporter: service active", "Node exporter: metrics served",
+    "GPU exporter: running where the gpu fact shows GPUs",
+]
+MON_CHECKS = ["Prometheus: ready", "Prometheus: every target up", "Prometheus: gpuprov's alerts loaded",
+              "Prometheus: no alert firing"]
+GPU_DRIVER_CHECK = "GPU driver: nvidia-smi sees every NVIDIA GPU on the PCI bus (hosts with NVIDIA GPUs)"
+
+
+def test_verify_passes_on_the_lab_and_finds_a_stopped_front(lab, docker_client):
+    out = run_gpuprov("verify", timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    print(out.stdout)
+    rows = verify_rows(out.stdout)
+    assert {c: rows[(HOST, c)][0] for c in GPU_HOST_CHECKS} == {c: "pass" for c in GPU_HOST_CHECKS}
+    assert {c: rows[(MON, c)][0] for c in MON_CHECKS} == {c: "pass" for c in MON_CHECKS}
+    # A container has no NVIDIA GPU: the hardware check is not applicable, and says so.
+    assert rows[(HOST, GPU_DRIVER_CHECK)] == ("skip", "not applicable on this host")
+    assert "not deployed: the gpu fact shows 0 GPU(s)" in rows[(HOST, GPU_HOST_CHECKS[-1])][1]
+    assert "16 tokens asked" in rows[(HOST, "Triton: generate answers")][1]
+
+    host = docker_client.containers.get(HOST)
+    assert host.exec_run(["systemctl", "stop", "nginx"]).exit_code == 0
+    try:
+        broken = run_gpuprov("verify", "--limit", HOST, timeout=600)
+    finally:
+        assert host.exec_run(["systemctl", "start", "nginx"]).exit_code == 0
+    assert broken.returncode == 1, broken.stdout[-3000:]
+    rows = verify_rows(broken.stdout)
+    assert rows[(HOST, "TLS front: nginx active")] == ("FAIL", "nginx is inactive")
+    assert rows[(HOST, "TLS front: HTTPS with a verified certificate, Triton ready behind it")][0] == "FAIL"
+    assert rows[(HOST, "Triton: generate answers")][0] == "pass"

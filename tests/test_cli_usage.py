@@ -12,7 +12,8 @@ def test_help_documents_exit_codes(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for code in ("0   success", "1   a task failed", "2   check: changes found", "64  bad command-line usage"):
+    for code in ("0   success (check: no changes; verify: every check passed)", "1   a task or a verify check failed",
+                 "2   check: changes found", "64  bad command-line usage"):
         assert code in out
 
 
@@ -28,7 +29,8 @@ def test_lab_rejects_zero_hosts(capsys):
     assert "at least one host" in capsys.readouterr().err
 
 
-def test_apply_without_inventory_is_a_clear_error(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["apply", "verify"])
+def test_apply_without_inventory_is_a_clear_error(tmp_path, monkeypatch, capsys, command):
     monkeypatch.setattr(cli.paths, "lab_inventory_dir", lambda: tmp_path)
-    assert cli.main(["apply"]) == cli.EXIT_FAILED
+    assert cli.main([command]) == cli.EXIT_FAILED
     assert "run `gpuprov lab up` first" in capsys.readouterr().err
