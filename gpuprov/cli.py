@@ -114,6 +114,13 @@ def _print_failures(result) -> None:
             print(f"FAILED {hp.host}: {task}")
 
 
+def _print_run_error(result) -> None:
+    """A run that ended before any host's recap (a playbook that did not parse, say)."""
+    if result.rc != 0 and not result.recaps:
+        print(f"gpuprov: ansible-playbook exited {result.rc} ({result.status}); "
+              f"see {result.run_dir}/artifacts/run/stdout", file=sys.stderr)
+
+
 def run_play(args: argparse.Namespace, check: bool) -> int:
     from gpuprov import runner, tasks
 
@@ -143,9 +150,7 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
             print("\nno changes: the hosts match the repository")
     print(f"\nartifacts: {result.run_dir}")
     if result.failed:
-        if result.rc != 0 and not result.recaps:
-            print(f"gpuprov: ansible-playbook exited {result.rc} ({result.status}); "
-                  f"see {result.run_dir}/artifacts/run/stdout", file=sys.stderr)
+        _print_run_error(result)
         return EXIT_FAILED
     if check and result.tracker.changes:
         return EXIT_CHANGES
@@ -171,19 +176,16 @@ def run_verify(args: argparse.Namespace) -> int:
     result = runner.run(req, on_event=collector)
     if collector.checks:
         print(display.table(verify.HEADERS, collector.rows()))
-    failed = collector.failed()
     counts = {r: sum(1 for c in collector.checks if c.result == r) for r in (verify.PASS, verify.FAIL, verify.SKIP)}
     print(f"\n{counts[verify.PASS]} passed, {counts[verify.FAIL]} failed, {counts[verify.SKIP]} not applicable")
     print(f"artifacts: {result.run_dir}")
+    if result.failed:
+        _print_run_error(result)
+        return EXIT_FAILED
     if not collector.checks:
         print("gpuprov: no check ran (no host in the playbook's groups?)", file=sys.stderr)
         return EXIT_FAILED
-    if failed or result.failed:
-        if result.rc != 0 and not result.recaps:
-            print(f"gpuprov: ansible-playbook exited {result.rc} ({result.status}); "
-                  f"see {result.run_dir}/artifacts/run/stdout", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return EXIT_FAILED if collector.failed() else EXIT_OK
 
 
 def run_facts(args: argparse.Namespace) -> int:

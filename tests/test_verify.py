@@ -73,3 +73,12 @@ def test_no_check_ran_is_a_failure(tmp_path):
     out = run_gpuprov("verify", "-i", str(inv), "--playbook", str(book), timeout=300)
     assert out.returncode == 1
     assert "no check ran" in out.stderr
+
+
+def test_a_playbook_that_does_not_parse_is_a_clear_failure(tmp_path):
+    inv = write_local_inventory(tmp_path / "hosts.yml", group="gpu_servers")
+    book = tmp_path / "verify.yml"
+    book.write_text("- name: Broken\n  hosts: gpu_servers\n  tasks:\n    - ansible.builtin.assert: {that: [true]\n")
+    out = run_gpuprov("verify", "-i", str(inv), "--playbook", str(book), timeout=300)
+    assert out.returncode == 1
+    assert "gpuprov: ansible-playbook exited" in out.stderr and "artifacts/run/stdout" in out.stderr
