@@ -1,5 +1,6 @@
-"""What a Molecule scenario holds while it runs, for scripts/test's scheduler: its containers' names
-and the host directories it mounts as apt caches. Two scenarios that share one must not run together.
+"""What a Molecule scenario holds while it runs, for scripts/test's scheduler: its containers' names,
+its Docker networks and the host directories it mounts as apt caches. Two scenarios that share one
+must not run together.
 
 usage: molecule_resources.py SCENARIO_DIR   (prints a comma-separated list)
 """

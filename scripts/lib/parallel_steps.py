@@ -1,7 +1,7 @@
 """Run scripts/test's long steps (pytest, Molecule scenarios) side by side.
 
 Each step is a line on stdin: `NAME<TAB>RESOURCES<TAB>COMMAND`, RESOURCES a comma-separated list
-(container names, apt cache directories); two steps that share a resource never run together.
+(container names, Docker networks, apt cache directories); two steps that share a resource never run together.
 Steps start in the order given (longest first is the caller's job) as soon as a slot is free and
 their resources are. A step's output goes to LOG_DIR/<name>.log and, when it ends, to stdout in
 one piece, so the steps' outputs never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS`,
