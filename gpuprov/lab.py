@@ -7,6 +7,7 @@ Containers get the capability set that runs systemd here without `privileged`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -91,6 +92,22 @@ def wait_for_systemd(container: Container, timeout_s: float = 90.0) -> str:
     raise TimeoutError(f"{container.name}: systemd did not come up within {timeout_s:.0f}s (state {state})")
 
 
+APT_CACHE_CONF = "/etc/apt/apt.conf.d/00gpuprov-lab-cache"
+
+
+def use_apt_cache(container: Container, port: str) -> None:
+    """Fetch the Debian archive through the apt cache (apt-cacher-ng) listening on `port` on this
+    machine, which the container reaches at its network's gateway. Other repositories go direct."""
+    rc, out = container.exec_run(["ip", "-4", "route", "show", "default"])
+    words = out.decode().split()
+    if rc != 0 or len(words) < 3 or words[0] != "default" or words[1] != "via":
+        raise RuntimeError(f"{container.name}: no default route to reach the apt cache ({out.decode().strip()!r})")
+    line = f'Acquire::http::Proxy::deb.debian.org "http://{words[2]}:{int(port)}";'
+    rc, out = container.exec_run(["sh", "-c", f"printf '%s\\n' '{line}' > {APT_CACHE_CONF}"])
+    if rc != 0:
+        raise RuntimeError(f"{container.name}: could not write {APT_CACHE_CONF}: {out.decode().strip()}")
+
+
 def inventory_for(hosts: Iterable[LabHost], subnet: str = "") -> dict:
     """The lab inventory; `subnet` (the lab network's, which the controller is on) is where the
     firewall lets API clients in."""
@@ -143,6 +160,10 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
         except NotFound:
             c = dc.containers.run(**_run_kwargs(h))
         wait_for_systemd(c)
+        # GPUPROV_APT_CACHE_PORT: an apt cache on this machine (scripts/test starts one) that every
+        # lab host fetches Debian's packages through.
+        if os.environ.get("GPUPROV_APT_CACHE_PORT"):
+            use_apt_cache(c, os.environ["GPUPROV_APT_CACHE_PORT"])
     write_inventory(hosts, network_subnet(dc))
     return [h.name for h in hosts]
 

@@ -2,7 +2,8 @@
 expose: Triton 2.51's and nvitop-exporter 1.7.2's /metrics as recorded on the device machine's H200
 (tests/fixtures/metrics/). The first GPU run showed nvitop-exporter names its gauges with a unit
 suffix (gpu_utilization_Percentage), which the rules had missed; this test keeps that from coming
-back."""
+back. The model's own latency histograms (gpuprov_*) are Triton custom metrics that
+roles/triton/files/model.py registers: each name the rules use must be one it declares."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RULES = (ROOT / "roles/prometheus/templates/gpuprov.rules.yml.j2").read_text()
 FIXTURES = ROOT / "tests/fixtures/metrics"
+MODEL = (ROOT / "roles/triton/files/model.py").read_text()
 
 # Not recordable here: DCGM's exporter needs NGC. Names from dcgm-exporter's default counters.
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
@@ -33,12 +35,24 @@ def _used() -> set[str]:
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\([^()]*\)\s*\(", "(", text)  # by (labels) (
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    return words - {"sum", "by", "rate", "time", "or", "and", "e6", "m"}
+    return words - {"sum", "by", "rate", "time", "or", "and", "e6", "m", "histogram_quantile", "le"}
+
+
+def _model_metrics() -> set[str]:
+    """The series names the model's histograms expose: <name>_bucket, _sum, _count."""
+    names = re.findall(r'Histogram\(_counter_family, "(gpuprov_[a-z_]+)"', MODEL)
+    return {f"{n}_{suffix}" for n in names for suffix in ("bucket", "sum", "count")}
 
 
 def test_the_rules_use_metrics():
     used = _used()
-    assert {"nv_inference_request_duration_us", "gpu_utilization_Percentage", "up"} <= used, used
+    assert {"gpuprov_time_to_first_token_seconds_bucket", "gpu_utilization_Percentage", "up"} <= used, used
+    # Whole-request durations are not a latency alert's input (they grow with the answer's length).
+    assert "nv_inference_request_duration_us" not in used
+
+
+def test_the_model_declares_its_latency_histograms():
+    assert {"gpuprov_time_to_first_token_seconds_bucket", "gpuprov_time_per_output_token_seconds_sum"} <= _model_metrics()
 
 
 def test_every_metric_in_the_rules_is_exposed_under_that_name():
@@ -47,6 +61,8 @@ def test_every_metric_in_the_rules_is_exposed_under_that_name():
     for name in sorted(_used()):
         if name.startswith("nv_"):
             assert name in triton, f"{name}: Triton 2.51 does not expose it"
+        elif name.startswith("gpuprov_"):
+            assert name in _model_metrics(), f"{name}: the model does not declare it"
         elif name.startswith("gpu_"):
             assert name in nvitop, f"{name}: nvitop-exporter 1.7.2 does not expose it"
         else:
@@ -61,6 +77,8 @@ def test_the_grafana_dashboard_uses_exposed_metrics():
     assert len(exprs) == len(dashboard["panels"]) >= 8
     text = re.sub(r"\{[^}]*\}", " ", " ".join(exprs))
     text = re.sub(r"\([^()]*\)\s*\(", "(", text)
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) - {"sum", "by", "rate", "time", "or", "e6", "m"}
-    known = _exposed("triton-2.51-h200.prom") | _exposed("nvitop-exporter-1.7.2-h200.prom") | DCGM | OTHERS
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) - {"sum", "by", "rate", "time", "or", "e6", "m",
+                                                                 "histogram_quantile", "le"}
+    known = (_exposed("triton-2.51-h200.prom") | _exposed("nvitop-exporter-1.7.2-h200.prom") | _model_metrics()
+             | DCGM | OTHERS)
     assert names <= known, names - known

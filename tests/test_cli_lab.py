@@ -5,6 +5,7 @@ corrected by apply, facts shows the host, lab down removes it."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -99,6 +100,23 @@ def test_facts_table(lab):
     assert len(row) == 1 and "Debian 12" in row[0] and "GiB" in row[0]
     # The gpu fact (site.yml's GPU stack) is read: a container has no GPU and no loaded driver.
     assert row[0].split()[-2:] == ["none", "-"]
+
+
+def test_lab_hosts_fetch_debian_through_the_shared_cache(lab, docker_client):
+    """With GPUPROV_APT_CACHE_PORT (scripts/test starts apt-cacher-ng and sets it), each lab host
+    sends the Debian archive, and only it, through the cache at its gateway, and the packages that
+    site.yml installed came through it (the cache's log names the host's address)."""
+    port = os.environ.get("GPUPROV_APT_CACHE_PORT")
+    if not port:
+        pytest.skip("no shared apt cache in this run (scripts/test sets GPUPROV_APT_CACHE_PORT)")
+    container = docker_client.containers.get(HOST)
+    net = container.attrs["NetworkSettings"]["Networks"]["gpuprov-lab"]
+    rc, conf = container.exec_run(["cat", "/etc/apt/apt.conf.d/00gpuprov-lab-cache"])
+    assert rc == 0
+    assert conf.decode().strip() == f'Acquire::http::Proxy::deb.debian.org "http://{net["Gateway"]}:{port}";'
+    log = Path("/var/log/apt-cacher-ng/apt-cacher.log").read_text().splitlines()
+    served = [ln.split("|") for ln in log if ln.count("|") >= 4]
+    assert any(f[3] == net["IPAddress"] and f[4].endswith(".deb") for f in served), log[-20:]
 
 
 def test_lab_status(lab):

@@ -1,6 +1,9 @@
 # shellcheck shell=bash
-# Create or refresh the project's virtual environment (.venv) from the pins in pyproject.toml and
+# Create or refresh the project's virtual environment from the pins in pyproject.toml and
 # constraints.txt. A stamp of those pins is kept in the venv: when it matches, nothing is installed.
+# The venv lives outside the checkout, in a cache keyed by the hash of those pins
+# (GPUPROV_VENV_CACHE, default ~/.cache/gpuprov/venvs), so a fresh clone with the same pins installs
+# nothing; `.venv` in the checkout is a link to it. GPUPROV_VENV names a venv directory instead.
 #
 # usage (sourced): bootstrap_venv [runtime|test]
 GPUPROV_ROOT="${GPUPROV_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
@@ -26,18 +29,57 @@ _bootstrap_python() {
   echo "$py"
 }
 
-bootstrap_venv() {
-  local extra=${1:-runtime} stamp want py reqs
-  want=$(cat "$GPUPROV_ROOT/pyproject.toml" "$GPUPROV_ROOT/constraints.txt" | sha256sum | cut -c1-32)
-  want="$want $extra"
-  stamp="$VENV/.gpuprov-stamp"
-  # A test venv also serves the runtime.
-  if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want" ] ||
-      { [ "$extra" = runtime ] && [ "$(cat "$stamp")" = "${want% *} test" ]; }; }; then
-    return 0
+_pins_hash() {
+  cat "$GPUPROV_ROOT/pyproject.toml" "$GPUPROV_ROOT/constraints.txt" | sha256sum | cut -c1-32
+}
+
+# The keyed venv for these pins: a test venv also serves the runtime, so take it when it exists.
+_keyed_venv() {
+  local extra=$1 base hash
+  base="${GPUPROV_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpuprov/venvs}"
+  hash=$(_pins_hash)
+  if [ "$extra" = runtime ] && [ -f "$base/gpuprov-${hash:0:16}-test/.gpuprov-stamp" ]; then
+    echo "$base/gpuprov-${hash:0:16}-test"
+  else
+    echo "$base/gpuprov-${hash:0:16}-$extra"
   fi
+}
+
+bootstrap_venv() {
+  local extra=${1:-runtime} stamp want
+  want="$(_pins_hash) $extra"
+  if [ -z "${GPUPROV_VENV:-}" ]; then
+    VENV=$(_keyed_venv "$extra")
+    if ! mkdir -p "$(dirname "$VENV")" 2>/dev/null || [ ! -w "$(dirname "$VENV")" ]; then
+      VENV="$GPUPROV_ROOT/.venv"  # no writable cache: a venv inside the checkout, as before
+    fi
+  fi
+  stamp="$VENV/.gpuprov-stamp"
+  if ! { [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want" ] ||
+      { [ "$extra" = runtime ] && [ "$(cat "$stamp")" = "${want% *} test" ]; }; }; }; then
+    # One installer at a time per venv (two checkouts may bootstrap together); the stamp is written
+    # last, so a venv whose install broke off is built again from scratch.
+    exec 8>"$VENV.lock" && flock 8 || return 1
+    if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+      _install_venv "$extra" "$want" || { flock -u 8; return 1; }
+    fi
+    flock -u 8
+  fi
+  # The checkout's .venv points at the venv in use (a real .venv directory is left alone).
+  if [ "$VENV" != "$GPUPROV_ROOT/.venv" ] && { [ -L "$GPUPROV_ROOT/.venv" ] || [ ! -e "$GPUPROV_ROOT/.venv" ]; }; then
+    ln -sfn "$VENV" "$GPUPROV_ROOT/.venv"
+  fi
+}
+
+_install_venv() {
+  local extra=$1 want=$2 py reqs
   py=$(_bootstrap_python) || return 1
-  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV" || return 1
+  if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
+    echo "gpuprov: $VENV exists and is not a virtual environment; move it away" >&2
+    return 1
+  fi
+  rm -rf "$VENV"
+  "$py" -m venv "$VENV" || return 1
   reqs=$("$VENV/bin/python" - "$GPUPROV_ROOT/pyproject.toml" "$extra" <<'PY'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
@@ -48,9 +90,8 @@ print("\n".join(deps))
 PY
 ) || return 1
   echo "gpuprov: installing pinned dependencies into $VENV ($extra)" >&2
-  # shellcheck disable=SC2086
   printf '%s\n' "$reqs" >"$VENV/requirements.txt"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$VENV/requirements.txt" -c "$GPUPROV_ROOT/constraints.txt" 2> >(grep -v "is ignored: it is neither" >&2) || return 1
-  echo "$want" >"$stamp"
+  echo "$want" >"$VENV/.gpuprov-stamp"
 }

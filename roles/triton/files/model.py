@@ -11,6 +11,12 @@ temperature, top_p, top_k, stop_words, stream -> text_output), whichever engine 
 
 Decoupled: a request with `stream` true gets one response per generated piece of text, any other
 request exactly one response. Both engines apply the model's chat template the same way.
+
+Latency metrics of its own (Triton's custom metrics, on the metrics port beside nv_inference_*), as
+Prometheus histograms per model: time to first token (from the moment the model takes the request
+to its first generated token, streaming or not) and time per output token (the mean gap between a
+request's later tokens). The alert rules use these: Triton's own request duration counts whole
+generations, which grow with the answer's length, not with what a user waits for.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -43,8 +50,37 @@ def _strings(request, name):
     return [v.decode() if isinstance(v, bytes) else str(v) for v in t.as_numpy().reshape(-1) if v]
 
 
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    """A Prometheus histogram (`<name>_bucket{le}`, `_sum`, `_count`) made of the Python backend's
+    counters, which Triton 2.51 offers for custom metrics (histogram_quantile reads the buckets)."""
+
+    def __init__(self, counter_family, name, description, buckets, labels):
+        family = counter_family(f"{name}_bucket", description, labels)
+        self.buckets = [(b, family.Metric(labels={**labels, "le": repr(float(b))})) for b in buckets]
+        self.inf = family.Metric(labels={**labels, "le": "+Inf"})
+        self.sum = counter_family(f"{name}_sum", description, labels).Metric(labels=labels)
+        self.count = counter_family(f"{name}_count", description, labels).Metric(labels=labels)
+
+    def observe(self, value: float) -> None:
+        for bound, metric in self.buckets:
+            if value <= bound:
+                metric.increment(1)
+        self.inf.increment(1)
+        self.sum.increment(value)
+        self.count.increment(1)
+
+
+def _counter_family(name, description, _labels):
+    return pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+
+
 class _Row:
-    """One request's generation state: text so far, what has been sent, whether it is finished."""
+    """One request's generation state: text so far, what has been sent, whether it is finished, and
+    when the model took it and produced its first and last token."""
 
     def __init__(self, request, max_tokens, stop, stream):
         self.sender = request.get_response_sender()
@@ -53,6 +89,9 @@ class _Row:
         self.text = ""
         self.sent = 0
         self.done = False
+        self.taken = time.monotonic()
+        self.first = self.last = 0.0
+        self.generated = 0
 
 
 def llmapi_arguments(model_yaml: dict, model_path: str) -> dict:
@@ -153,15 +192,20 @@ class _LlmApiEngine:
         # Token ids, so the chat template's own BOS is not doubled by the LLM API's tokenizer.
         prompt = self.owner.tok(prompt, add_special_tokens=False).input_ids
         try:
+            # Streamed from the executor either way, so the first token's time is known; a request
+            # that does not stream gets the whole text at the end.
+            text = ""
+            async for out in self.llm.generate_async(prompt, sampling_params=params, streaming=True):
+                self.owner.mark_tokens(row, len(out.outputs[0].token_ids))
+                piece = out.outputs[0].text_diff
+                text += piece
+                if piece and row.stream:
+                    self.owner.send(row, piece)
+            self.owner.observe_finished(row)
             if row.stream:
-                async for out in self.llm.generate_async(prompt, sampling_params=params, streaming=True):
-                    piece = out.outputs[0].text_diff
-                    if piece:
-                        self.owner.send(row, piece)
                 row.sender.send(flags=FINAL)
             else:
-                out = await self.llm.generate_async(prompt, sampling_params=params)
-                self.owner.send(row, out.outputs[0].text, flags=FINAL)
+                self.owner.send(row, text, flags=FINAL)
         except Exception as exc:
             self.owner.fail([row], exc)
 
@@ -185,6 +229,13 @@ class TritonPythonModel:
         self.chat_template = params.get("apply_chat_template", "true") == "true" and bool(self.tok.chat_template)
         self.default_max_tokens = int(params.get("default_max_tokens", "128"))
         self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
+        labels = {"model": args["model_name"]}
+        self.ttft = Histogram(_counter_family, "gpuprov_time_to_first_token_seconds",
+                              "Seconds from the model taking a request to its first generated token",
+                              TTFT_BUCKETS, labels)
+        self.tpot = Histogram(_counter_family, "gpuprov_time_per_output_token_seconds",
+                              "Mean seconds between a request's generated tokens after the first",
+                              TPOT_BUCKETS, labels)
         if params.get("engine", "transformers") == "llmapi":
             import yaml
 
@@ -203,6 +254,7 @@ class TritonPythonModel:
 
     def advance(self, row, token):
         """Add one token to a row; send the new text if it streams; finish on EOS, stop word or length."""
+        self.mark_tokens(row, row.generated + 1)
         if token == self.tok.eos_token_id:
             row.done = True
         else:
@@ -220,6 +272,20 @@ class TritonPythonModel:
             if safe > row.sent and "\ufffd" not in row.text[row.sent:safe]:
                 self.send(row, row.text[row.sent:safe])
                 row.sent = safe
+
+    def mark_tokens(self, row, generated):
+        """A row has `generated` tokens now: the first one's time goes into the TTFT histogram."""
+        if generated <= row.generated:
+            return
+        row.last = time.monotonic()
+        if row.generated == 0:
+            row.first = row.last
+            self.ttft.observe(row.first - row.taken)
+        row.generated = generated
+
+    def observe_finished(self, row):
+        if row.generated > 1:
+            self.tpot.observe((row.last - row.first) / (row.generated - 1))
 
     def send(self, row, text, flags=0):
         out = pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_))
@@ -252,6 +318,7 @@ class TritonPythonModel:
     def finish(self, rows):
         """Send what is left of each row, and the final flag."""
         for row in rows:
+            self.observe_finished(row)
             if row.stream:
                 if row.text[row.sent:]:
                     self.send(row, row.text[row.sent:])

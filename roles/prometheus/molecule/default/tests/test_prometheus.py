@@ -17,7 +17,7 @@ CA = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")
 BASE = {"prometheus_probe_ca_cert": CA, "prometheus_scrape_interval": "5s", "prometheus_evaluation_interval": "5s"}
 # The GPU hosts converge adds; every run here names them too (a run_role has only Molecule's inventory).
 GPUS = {"gpu-a": {"ansible_host": "192.0.2.10"}, "gpu-b": {"ansible_host": "192.0.2.11"}}
-ALERTS = {"InferenceLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "InferenceBacklog",
+ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "InferenceBacklog",
           "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"}
 
 

@@ -1,11 +1,12 @@
 """triton (native) on Debian 12, CPU, serving tiny-deepseek: ready; generate returns text;
 generate_stream streams several chunks; 16 concurrent requests all succeed and are batched;
-nv_inference_* metrics; kill -9 is followed by a restart and readiness; the unit is hardened and
+nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is followed by a restart and readiness; the unit is hardened and
 runs unprivileged; zero changes in check mode. Debian 13 is refused with the numpy message; bad
 input fails before any change."""
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -101,10 +102,31 @@ def test_sixteen_concurrent_requests_are_batched(host):
     assert max(sizes) > 1, stats["batch_stats"]
 
 
+def _samples(metrics: str, name: str) -> dict[frozenset, float]:
+    """{labels: value} of one metric in Prometheus' text format."""
+    out = {}
+    for m in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", metrics, re.M):
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        out[labels] = float(m.group(2))
+    return out
+
+
 def test_metrics(host):
     metrics = host.check_output("python3 -c %s", "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8002/metrics').read().decode())")
     assert 'nv_inference_request_success{model="deepseek",version="1"}' in metrics
     assert "nv_inference_queue_duration_us" in metrics
+    # The model's own latency histograms (the alert rules read them): every request answered so far
+    # (19 generated at least one token; the max_tokens 0 one was refused) has its first token counted.
+    model = frozenset({("model", "deepseek")})
+    [count] = _samples(metrics, "gpuprov_time_to_first_token_seconds_count").values()
+    assert count >= 19
+    buckets = {dict(k)["le"]: v for k, v in _samples(metrics, "gpuprov_time_to_first_token_seconds_bucket").items()}
+    assert buckets["+Inf"] == count
+    finite = [buckets[le] for le in sorted((le for le in buckets if le != "+Inf"), key=float)]
+    assert finite == sorted(finite) and finite[-1] <= count
+    assert _samples(metrics, "gpuprov_time_to_first_token_seconds_sum")[model] > 0
+    assert _samples(metrics, "gpuprov_time_per_output_token_seconds_count")[model] > 0
+    assert _samples(metrics, "gpuprov_time_per_output_token_seconds_sum")[model] > 0
 
 
 def test_killed_server_comes_back(host):

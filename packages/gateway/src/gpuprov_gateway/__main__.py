@@ -1,0 +1,3 @@
+from gpuprov_gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Runs the API and the metrics listener (two uvicorn servers, one event loop); SIGHUP reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from gpuprov_gateway.app import build_app
+from gpuprov_gateway.config import Config
+from gpuprov_gateway.gateway import Gateway
+
+log = logging.getLogger("gpuprov_gateway")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: Starlette, host: str, port: int) -> _Server:
+    return _Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                       lifespan="off", timeout_graceful_shutdown=5)
+    )
+
+
+def serve(cfg: Config, config_path: str) -> None:
+    """Run until SIGTERM/SIGINT, on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(run(cfg, config_path))
+
+
+async def run(cfg: Config, config_path: str) -> None:
+    gw = Gateway(cfg, config_path)
+    api = _uvicorn(build_app(gw), cfg.listen.host, cfg.listen.port)
+    metrics_app = Starlette(routes=[Mount("/metrics", app=gw.metrics.asgi_app())])
+    met = _uvicorn(metrics_app, cfg.metrics_listen.host, cfg.metrics_listen.port)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        api.should_exit = True
+        met.should_exit = True
+
+    loop.add_signal_handler(signal.SIGHUP, gw.reload)
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
+    log.warning(
+        "gpuprov-gateway: API on %s:%d, metrics on %s:%d", cfg.listen.host, cfg.listen.port,
+        cfg.metrics_listen.host, cfg.metrics_listen.port,
+    )
+    try:
+        await asyncio.gather(api.serve(), met.serve())
+    finally:
+        await gw.close()
