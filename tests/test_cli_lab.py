@@ -10,6 +10,7 @@ import socket
 import ssl
 import statistics
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -74,11 +75,14 @@ def test_drift_is_found_and_corrected(lab, docker_client):
     # check mode changed nothing on the host
     _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
     assert b"vm.swappiness = 60" in content
-    fix = run_gpuprov("apply", "--tags", "base_configure")
-    assert fix.returncode == 0
+    fix = run_gpuprov("apply", "--limit", HOST, "--tags", "base_configure")
+    assert fix.returncode == 0, fix.stdout[-3000:]
     _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
     assert b"vm.swappiness = 10" in content
-    assert run_gpuprov("check").returncode == 0
+    # The drifted role is back in line (the whole site's check found only this one task above).
+    again = run_gpuprov("check", "--limit", HOST, "--tags", "base")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "no changes: the hosts match the repository" in again.stdout
 
 
 def test_phase_tags_limit_a_run(lab):
@@ -152,25 +156,46 @@ def _front(docker_client) -> str:
     return f"{ip}:8443"
 
 
-def test_lab_serves_tiny_deepseek_over_tls13_only(lab, docker_client):
-    """From this machine (the controller, on the lab network): generate over HTTPS verifying the lab
-    CA; a TLS 1.2 handshake is refused; Triton's own port is not reachable."""
-    front = _front(docker_client)
+USER_KEY = "gpuprov-lab-user-key-0000000000000000"  # inventories/lab/group_vars/all.yml (throwaways)
+CHAT_ONLY_KEY = "gpuprov-lab-chat-only-key-0000000000"
+
+
+def _tls_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(CA))
     ctx.check_hostname = False  # the URL uses the address; the certificate has it as an IP SAN too
-    body = json.dumps({"text_input": "What is Triton?", "max_tokens": 32}).encode()
+    return ctx
+
+
+def _sdk(docker_client, key: str):
+    """The official openai SDK, as an application would point it at the lab host."""
+    import openai
+
+    return openai.OpenAI(base_url=f"https://{_front(docker_client)}/v1", api_key=key, max_retries=0,
+                         http_client=openai.DefaultHttpx2Client(verify=_tls_context()), timeout=120)
+
+
+def test_lab_serves_tiny_deepseek_over_tls13_only(lab, docker_client):
+    """From this machine (the controller, on the lab network): a chat completion over HTTPS verifying
+    the lab CA, through the front and the gateway; a TLS 1.2 handshake is refused; Triton's own port
+    is not reachable."""
+    front = _front(docker_client)
+    ctx = _tls_context()
+    body = json.dumps({"model": "deepseek-chat", "max_tokens": 32,
+                       "messages": [{"role": "user", "content": "What is Triton?"}]}).encode()
     times = []
     for _ in range(10):
-        req = urllib.request.Request(f"https://{front}/v2/models/deepseek/generate", data=body, method="POST")
+        req = urllib.request.Request(f"https://{front}/v1/chat/completions", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {USER_KEY}", "Cache-Control": "no-cache",
+                                              "Content-Type": "application/json"})
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, context=ctx, timeout=60) as resp:
             out = json.loads(resp.read())
             assert resp.status == 200
             assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
         times.append(time.perf_counter() - t0)
-        assert out["model_name"] == "deepseek" and out["text_output"]
-    print(f"32-token generate through the TLS front: median {statistics.median(times) * 1000:.0f} ms, "
-          f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+        assert out["object"] == "chat.completion" and out["usage"]["completion_tokens"] > 0
+    print(f"32-token chat completion through the TLS front and the gateway: median "
+          f"{statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
     host, port = front.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
         assert tls.version() == "TLSv1.3"
@@ -182,6 +207,61 @@ def test_lab_serves_tiny_deepseek_over_tls13_only(lab, docker_client):
             pass
     with pytest.raises(OSError):
         socket.create_connection((host, 8000), timeout=3).close()
+
+
+def test_the_openai_sdk_works_against_the_lab(lab, docker_client):
+    """An application changes the base URL and the key, nothing else: completion, an alias, a stream
+    with include_usage, max_tokens ending in `length`, the model list."""
+    client = _sdk(docker_client, USER_KEY)
+    names = {m.id for m in client.models.list().data}
+    assert {"deepseek", "deepseek-chat", "deepseek-reasoner"} <= names, names
+    done = client.chat.completions.create(model="deepseek-reasoner", max_tokens=8,
+                                          messages=[{"role": "system", "content": "Be brief."},
+                                                    {"role": "user", "content": "Hello"}])
+    assert done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage.prompt_tokens > 0 and done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+    chunks = list(client.chat.completions.create(model="deepseek-chat", max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "Stream, please."}]))
+    assert len(chunks) >= 2
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    one = client.chat.completions.create(model="deepseek-chat", max_tokens=1,
+                                         messages=[{"role": "user", "content": "Count to one hundred."}])
+    assert one.usage.completion_tokens == 1 and one.choices[0].finish_reason == "length"
+
+
+def test_the_gateway_refuses_without_a_key_and_outside_a_keys_models(lab, docker_client):
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        _sdk(docker_client, "not-a-key-of-this-lab").chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "Hello"}])
+    with pytest.raises(openai.PermissionDeniedError):
+        _sdk(docker_client, CHAT_ONLY_KEY).chat.completions.create(
+            model="deepseek-reasoner", messages=[{"role": "user", "content": "Hello"}])
+
+
+def test_tritons_own_routes_are_refused_at_the_front(lab, docker_client):
+    """Clients reach /v1/ and Triton's readiness only: its statistics, configuration, shared memory,
+    logging and generate routes answer 403 at the front (Triton itself would answer 200)."""
+    front, ctx = _front(docker_client), _tls_context()
+
+    def status(path: str, method: str = "GET", body: bytes | None = None) -> int:
+        req = urllib.request.Request(f"https://{front}{path}", data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status("/v2/health/ready") == 200
+    refused = {p: status(p, m, b) for p, m, b in [
+        ("/v2/models/stats", "GET", None), ("/v2/models/deepseek/config", "GET", None),
+        ("/v2/systemsharedmemory/status", "GET", None), ("/v2/logging", "POST", b'{"log_verbose_level": 1}'),
+        ("/v2/models/deepseek/generate", "POST", b'{"text_input": "x"}')]}
+    assert refused == {p: 403 for p in refused}
 
 
 def test_lab_monitoring_sees_every_target(lab, docker_client):
@@ -200,6 +280,8 @@ def test_lab_monitoring_sees_every_target(lab, docker_client):
 
 GPU_HOST_CHECKS = [
     "Triton: service active", "Triton: model ready", "Triton: generate answers",
+    "Gateway: service active", "Gateway: ready", "Gateway: a request without a key is refused (401)",
+    "Gateway: an authenticated completion answers", "TLS front: Triton's own routes refused",
     "TLS front: nginx active", "TLS front: HTTPS with a verified certificate, Triton ready behind it",
     "TLS front: TLS 1.2 refused", "Firewall: table loaded, input dropped by default", "Firewall: loaded at boot",
     "Node exporter: service active", "Node exporter: metrics served",

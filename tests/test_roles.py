@@ -10,7 +10,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
+ALL_ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
+# Internal roles (a leading underscore, as prometheus-community's _common) hold shared task files
+# that other roles include with tasks_from; they have no phases or scenario of their own.
+ROLES = [r for r in ALL_ROLES if not r.name.startswith("_")]
+INTERNAL = [r for r in ALL_ROLES if r.name.startswith("_")]
 
 
 def _yaml(path: Path):
@@ -28,6 +32,33 @@ def role(request) -> Path:
 
 def test_there_are_roles():
     assert "base" in [r.name for r in ROLES]
+    assert "_common" in [r.name for r in INTERNAL]
+
+
+@pytest.mark.parametrize("internal", INTERNAL, ids=[r.name for r in INTERNAL])
+def test_internal_roles_have_an_entry_point_per_task_file(internal):
+    """Each task file but main is an entry point with its own argument spec (so a caller's missing
+    or mistyped input is refused by name); main refuses to run the role on its own."""
+    specs = _yaml(internal / "meta" / "argument_specs.yml")["argument_specs"]
+    files = {p.stem for p in (internal / "tasks").glob("*.yml")}
+    assert set(specs) == files, (set(specs), files)
+    for name, spec in specs.items():
+        if name != "main":
+            assert spec.get("options"), f"{name}: an entry point without options"
+            for opt, o in spec["options"].items():
+                assert opt.startswith(f"{internal.name}_"), opt
+                assert o.get("description"), f"{name}.{opt}: no description"
+    main = _yaml(internal / "tasks" / "main.yml")
+    assert [t for t in main if "ansible.builtin.fail" in t], "main.yml must refuse to run on its own"
+
+
+def test_the_internal_role_is_used_with_tasks_from():
+    """Roles call _common's entry points, never its main."""
+    uses = [p for r in ROLES for p in (r / "tasks").glob("*.yml") if "name: _common" in p.read_text()]
+    assert uses, "no role uses _common"
+    for path in uses:
+        text = path.read_text()
+        assert text.count("name: _common") == text.count("tasks_from:"), path
 
 
 def test_argument_specs_match_defaults(role):

@@ -15,8 +15,8 @@ ensure_apt_cache() {
   if ! command -v apt-cacher-ng >/dev/null && [ ! -x /usr/sbin/apt-cacher-ng ]; then
     [ "$(id -u)" = 0 ] || { echo "gpuprov: apt-cacher-ng is not installed (apt-get install apt-cacher-ng)" >&2; return 1; }
     echo "gpuprov: installing apt-cacher-ng (one package cache for the test containers)" >&2
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apt-cacher-ng >/dev/null || return 1
+    apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq apt-cacher-ng >/dev/null || return 1
   fi
   # The Debian archive's backend is the host the containers name (deb.debian.org): the package's
   # default picks a mirror from a built-in list, which may not resolve where only that host does.

@@ -15,7 +15,7 @@ _bootstrap_python() {
   if [ -z "$py" ] || ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "gpuprov: installing python3 and python3-venv with apt-get" >&2
-      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+      { apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null 2>&1 || true; } && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq python3 python3-venv >/dev/null
       py=$(command -v python3)
     else
       echo "gpuprov: python3 with the venv module is required (Debian: apt-get install python3-venv)" >&2

@@ -13,8 +13,8 @@ ensure_docker() {
       return 1
     fi
     echo "gpuprov: installing ${missing[*]}" >&2
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || return 1
+    apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null || return 1
   fi
   docker info >/dev/null 2>&1 && return 0
   [ "$(id -u)" = 0 ] || { echo "gpuprov: the Docker engine is not running" >&2; return 1; }

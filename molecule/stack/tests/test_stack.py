@@ -1,5 +1,5 @@
-"""The inference stack as its users meet it: an allowed client talks to Triton only over TLS 1.3
-through the front, an outsider cannot connect at all, metrics are reachable only from the
+"""The inference stack as its users meet it: an allowed client talks to the API gateway (and so to
+Triton) only over TLS 1.3 through the front, Triton's own routes are refused there, an outsider cannot connect at all, metrics are reachable only from the
 monitoring host, and Prometheus scrapes every target and raises the seed's alerts.
 
 Real processes throughout: nginx, nftables, Triton with tiny-deepseek, Prometheus, the blackbox
@@ -15,7 +15,8 @@ from gpuprov_molecule import assert_no_changes_in_check_mode, instance, s_client
 
 GPU, MON, CLIENT, OUTSIDER = (instance(f"gpuprov-stack-{n}") for n in ("gpu", "mon", "client", "outsider"))
 CA = "/root/gpuprov-ca.crt"
-GEN = {"text_input": "What is Triton?", "max_tokens": 32}
+KEY = "stack-test-user-key-000000000000000000"  # molecule/stack/converge.yml (a throwaway)
+CHAT = {"model": "deepseek-chat", "max_tokens": 32, "messages": [{"role": "user", "content": "What is Triton?"}]}
 
 
 def _ip(host) -> str:
@@ -23,7 +24,8 @@ def _ip(host) -> str:
 
 
 GPU_IP = _ip(GPU)
-BASE = f"https://{GPU_IP}:8443/v2/models/deepseek"
+API = f"https://{GPU_IP}:8443/v1/chat/completions"
+AUTH = ("-H", f"Authorization: Bearer {KEY}", "-H", "Content-Type: application/json")
 
 
 def _curl(host, url: str, *args: str, data: dict | None = None, timeout: int = 5):
@@ -46,20 +48,32 @@ def test_a_zero_changes_in_check_mode():
 
 # --- TLS front ---
 
-def test_allowed_client_generates_over_https_verifying_the_ca():
-    out = _curl(CLIENT, f"{BASE}/generate", "-D", "-", data=GEN)
+def test_allowed_client_completes_over_https_verifying_the_ca():
+    out = _curl(CLIENT, API, "-D", "-", *AUTH, data=CHAT)
     assert out.rc == 0, out.stderr
     headers, _, body = out.stdout.partition("\r\n\r\n")
-    assert headers.startswith("HTTP/1.1 200")
+    assert headers.startswith("HTTP/1.1 200"), headers
     assert "Strict-Transport-Security: max-age=63072000" in headers
-    assert json.loads(body)["text_output"]
+    answer = json.loads(body)
+    assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] > 0
 
 
-def test_generate_stream_through_the_front():
-    out = _curl(CLIENT, f"{BASE}/generate_stream", "-N", data={**GEN, "stream": True})
+def test_a_stream_through_the_front():
+    out = _curl(CLIENT, API, "-N", *AUTH, data={**CHAT, "stream": True})
     assert out.rc == 0, out.stderr
-    chunks = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith("data:")]
-    assert len(chunks) > 1 and all("text_output" in c for c in chunks)
+    lines = [line[6:] for line in out.stdout.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]" and len(lines) > 2
+    assert all(json.loads(c)["object"] == "chat.completion.chunk" for c in lines[:-1])
+
+
+def test_no_key_is_refused_and_tritons_routes_stay_inside():
+    out = _curl(CLIENT, API, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json", data=CHAT)
+    assert out.stdout == "401", out.stdout
+    for path in ("models/stats", "models/deepseek/config", "systemsharedmemory/status"):
+        out = _curl(CLIENT, f"https://{GPU_IP}:8443/v2/{path}", "-o", "/dev/null", "-w", "%{http_code}")
+        assert out.stdout == "403", (path, out.stdout)
+    out = _curl(CLIENT, f"https://{GPU_IP}:8443/v2/health/ready", "-o", "/dev/null", "-w", "%{http_code}")
+    assert out.stdout == "200"
 
 
 def test_only_tls13_is_spoken():
@@ -100,8 +114,8 @@ def _reaches(host, port: int) -> bool:
 
 
 def _firewall_holds():
-    assert _curl(CLIENT, f"{BASE}/generate", data=GEN).rc == 0
-    denied = _curl(OUTSIDER, f"{BASE}/generate", data=GEN, timeout=3)
+    assert _curl(CLIENT, API, *AUTH, data=CHAT).rc == 0
+    denied = _curl(OUTSIDER, API, *AUTH, data=CHAT, timeout=3)
     assert denied.rc == 28, (denied.rc, denied.stderr)  # dropped, not refused
     assert _reaches(MON, 8002) and _reaches(MON, 9100)
     assert not _reaches(CLIENT, 8002) and not _reaches(CLIENT, 9100)

@@ -59,19 +59,25 @@ class Histogram:
     counters, which Triton 2.51 offers for custom metrics (histogram_quantile reads the buckets)."""
 
     def __init__(self, counter_family, name, description, buckets, labels):
-        family = counter_family(f"{name}_bucket", description, labels)
-        self.buckets = [(b, family.Metric(labels={**labels, "le": repr(float(b))})) for b in buckets]
-        self.inf = family.Metric(labels={**labels, "le": "+Inf"})
-        self.sum = counter_family(f"{name}_sum", description, labels).Metric(labels=labels)
-        self.count = counter_family(f"{name}_count", description, labels).Metric(labels=labels)
+        # Triton 2.51 disables a family's metrics once the family object is collected: keep them.
+        self.families = [counter_family(f"{name}_{part}", description, labels) for part in ("bucket", "sum", "count")]
+        bucket, total, count = self.families
+        self.buckets = [(b, bucket.Metric(labels={**labels, "le": repr(float(b))})) for b in buckets]
+        self.inf = bucket.Metric(labels={**labels, "le": "+Inf"})
+        self.sum = total.Metric(labels=labels)
+        self.count = count.Metric(labels=labels)
 
     def observe(self, value: float) -> None:
-        for bound, metric in self.buckets:
-            if value <= bound:
-                metric.increment(1)
-        self.inf.increment(1)
-        self.sum.increment(value)
-        self.count.increment(1)
+        """Never lets a metric error fail the request it measures."""
+        try:
+            for bound, metric in self.buckets:
+                if value <= bound:
+                    metric.increment(1)
+            self.inf.increment(1)
+            self.sum.increment(value)
+            self.count.increment(1)
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort
+            pb_utils.Logger.log_warn(f"metric update failed: {exc}")
 
 
 def _counter_family(name, description, _labels):

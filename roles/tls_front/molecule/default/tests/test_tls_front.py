@@ -1,5 +1,5 @@
 """The TLS front on Debian 12 and 13, before a stand-in upstream on Triton's loopback port: TLS 1.3
-only, HSTS, the audit log kept 180 days, mutual TLS when asked, and a configuration nginx refuses
+only, HSTS, Triton's own routes refused but its readiness, the audit log kept 180 days, mutual TLS when asked, and a configuration nginx refuses
 never replaces the one it is serving."""
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ def test_front_proxies_to_the_upstream_with_hsts(name):
     assert out.stdout.startswith("HTTP/1.1 200")
     assert "Strict-Transport-Security: max-age=63072000" in out.stdout
     assert out.stdout.rstrip().endswith("ready from the stand-in")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_tritons_own_routes_stay_on_loopback(name):
+    """Readiness reaches the upstream; a route that the upstream serves too (its model configuration)
+    and Triton's admin routes are refused at the front with an OpenAI-shaped 403."""
+    host = instance(name)
+    assert host.run(f"curl -sS --cacert {CA} http://127.0.0.1:8000/v2/models/deepseek/config").stdout.strip() \
+        == '{"name": "deepseek"}'
+    for path, method in [("/v2/models/deepseek/config", "GET"), ("/v2/models/stats", "GET"),
+                         ("/v2/systemsharedmemory/status", "GET"), ("/v2/logging", "POST"),
+                         ("/v2/models/deepseek/generate", "POST"), ("/v2/repository/index", "POST")]:
+        out = host.run(f"curl -sS -X {method} -o /dev/null -w '%{{http_code}}' --cacert {CA} https://localhost:8443{path}")
+        assert out.stdout == "403", (path, out.stdout, out.stderr)
+    body = host.check_output(f"curl -sS --cacert {CA} https://localhost:8443/v2/models/stats")
+    assert '"code": "forbidden"' in body
 
 
 @pytest.mark.parametrize("name", HOSTS)
