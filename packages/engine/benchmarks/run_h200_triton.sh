@@ -1,36 +1,5 @@
 #!/usr/bin/env bash
 # One device call on the H200: the Triton part of run_h200.sh alone, over a model whose tokenizer
-# covers every id (make_model.py --fill-vocab), so TTFT through generate_stream is the first token.
-# Writes setup.log, triton.log, triton_checks.txt, bench_triton_h200_v3.{json,log} under $OUT.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-ENG=$(pwd)
-S="$OUT/setup.log"
-(date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) > "$S" 2>&1
-python3 benchmarks/make_model.py --out /tmp/ds15 --fill-vocab >> "$S" 2>&1 || exit 1
-eval "$(bash .gpu/triton-venv.sh "$ENG/.gpu" 2>>"$S" | tee -a "$S" | grep ^export)"
-repo=/tmp/repo/deepseek/1; mkdir -p $repo
-cp triton/model.py $repo/model.py
-cp triton/config.pbtxt.example /tmp/repo/deepseek/config.pbtxt
-echo "parameters { key: \"engine_pythonpath\" value: { string_value: \"$ENG/src\" } }" >> /tmp/repo/deepseek/config.pbtxt
-ts=/tmp/ts/pytriton/tritonserver
-$ts/bin/tritonserver --model-repository=/tmp/repo --backend-directory=$ts/backends --http-port 8000 \
-  --grpc-port 8001 --metrics-port 8002 --log-verbose 0 > "$OUT/triton.log" 2>&1 &
-srv=$!
-t0=$(date +%s)
-until curl -sf localhost:8000/v2/models/deepseek/ready >/dev/null; do
-  sleep 1
-  if ! kill -0 $srv 2>/dev/null || [ $(( $(date +%s) - t0 )) -gt 240 ]; then echo "server not ready"; break; fi
-done
-C="$OUT/triton_checks.txt"
-echo "ready after $(( $(date +%s) - t0 ))s" | tee "$C"
-for body in '{"text_input": "hello gpu", "max_tokens": 12}' '{"text_input": "hello gpu", "max_tokens": 0}' \
-            '{"text_input": "hello gpu", "max_tokens": 4, "stream": true}'; do
-  echo "generate $body:" >> "$C"; curl -s --max-time 30 -X POST localhost:8000/v2/models/deepseek/generate -d "$body" >> "$C"; echo >> "$C"
-done
-echo "generate_stream:" >> "$C"
-curl -s --max-time 30 -X POST localhost:8000/v2/models/deepseek/generate_stream -d '{"text_input": "hello gpu", "max_tokens": 6, "stream": true}' >> "$C"
-timeout 240 /opt/torch/.venv/bin/python3 benchmarks/bench_triton.py --json "$OUT/bench_triton_h200_v3.json" 2>&1 | tee "$OUT/bench_triton_h200_v3.log"
-echo "metrics:" >> "$C"; curl -s --max-time 10 localhost:8002/metrics | grep -E "^gpuprov|^nv_inference_count" >> "$C"
-kill $srv; wait $srv 2>/dev/null
+# covers every id (make_model.py --fill-vocab). Writes setup.log, triton.log, triton_checks.txt and
+# bench_triton_h200_v3.{json,log} under $OUT.
+TRITON_ONLY=1 TAG=_v3 exec bash "$(dirname "$0")/run_h200.sh"

@@ -163,12 +163,12 @@ def test_backend_error_before_output_is_retried_then_503(gateway, triton):
         assert r.json()["error"]["code"] == "no_backend"
         assert int(r.headers["Retry-After"]) >= 1
         assert triton.stats()["requests"] == before + 2
-        m = httpx.get(f"{gateway.metrics_url}/metrics/").text
+        m = httpx.get(f"{gateway.metrics_url}/metrics").text
         assert 'gateway_breaker_state{backend="local"} 2.0' in m
         time.sleep(0.6)
         r = c.post("/v1/chat/completions", json={"model": "deepseek", "messages": MSG})
         assert r.status_code == 200
-    m = httpx.get(f"{gateway.metrics_url}/metrics/").text
+    m = httpx.get(f"{gateway.metrics_url}/metrics").text
     assert 'gateway_breaker_state{backend="local"} 0.0' in m
 
 
@@ -176,7 +176,7 @@ def test_healthz_readyz_and_metrics_port(gateway):
     assert httpx.get(f"{gateway.url}/healthz").status_code == 200
     assert httpx.get(f"{gateway.url}/readyz").status_code == 200
     assert httpx.get(f"{gateway.url}/metrics").status_code == 404
-    m = httpx.get(f"{gateway.metrics_url}/metrics/").text
+    m = httpx.get(f"{gateway.metrics_url}/metrics").text
     assert "gateway_requests_total" in m
     assert "gateway_time_to_first_token_seconds_bucket" in m
     assert 'gateway_breaker_state{backend="local"}' in m

@@ -18,7 +18,7 @@ def test_breaker_opens_after_two_failures_then_cloud_serves(down_gateway, cloud)
         assert r.json()["choices"][0]["message"]["content"] == "Cloud answer."
         usage = r.json()["usage"]
         assert usage["prompt_cache_hit_tokens"] == 3 and usage["prompt_tokens"] == 7
-        m = httpx.get(f"{down_gateway.metrics_url}/metrics/").text
+        m = httpx.get(f"{down_gateway.metrics_url}/metrics").text
         assert 'gateway_breaker_state{backend="local"} 2.0' in m
         assert 'gateway_backend_failures_total{backend="local"} 2.0' in m
         # The breaker is open: the next request goes straight to the cloud.
@@ -29,7 +29,7 @@ def test_breaker_opens_after_two_failures_then_cloud_serves(down_gateway, cloud)
     assert cloud.stats()["requests"] == before + 2
     body = cloud.stats()["last_body"]
     assert body["model"] == "deepseek-chat" and body["stream"] is True
-    m = httpx.get(f"{down_gateway.metrics_url}/metrics/").text
+    m = httpx.get(f"{down_gateway.metrics_url}/metrics").text
     assert 'gateway_backend_failures_total{backend="local"} 2.0' in m
     lines = down_gateway.audit_lines()
     assert [x["fallback_reason"] for x in lines[-2:]] == ["local_failed", "breaker_open"]

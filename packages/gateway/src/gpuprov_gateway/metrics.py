@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -49,5 +49,3 @@ class Metrics:
             "gateway_config_reloads_total", "Config reloads", ["result"], registry=r
         )
 
-    def asgi_app(self):  # noqa: ANN201
-        return make_asgi_app(registry=self.registry)

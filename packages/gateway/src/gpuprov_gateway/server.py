@@ -9,8 +9,11 @@ import signal
 from collections.abc import Iterator
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gpuprov_gateway.app import build_app
 from gpuprov_gateway.config import Config
@@ -49,7 +52,11 @@ def serve(cfg: Config, config_path: str) -> None:
 async def run(cfg: Config, config_path: str) -> None:
     gw = Gateway(cfg, config_path)
     api = _uvicorn(build_app(gw), cfg.listen.host, cfg.listen.port)
-    metrics_app = Starlette(routes=[Mount("/metrics", app=gw.metrics.asgi_app())])
+    async def metrics(_: Request) -> Response:
+        # /metrics itself (Prometheus' default path), not a redirect to /metrics/.
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    metrics_app = Starlette(routes=[Route("/metrics", metrics)])
     met = _uvicorn(metrics_app, cfg.metrics_listen.host, cfg.metrics_listen.port)
     loop = asyncio.get_running_loop()
 

@@ -1,0 +1,96 @@
+"""gateway on Debian 12 and 13 without Triton: installed from the controller's wheelhouse, running
+as its own user under a hardened unit on loopback, only the keys' hashes on the host, 401 without a
+key and 503 with Retry-After when nothing can serve, a removed key refused after the next apply
+by a reload (same process), zero changes in check mode, and bad input refused before any change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, instance, run_role
+
+HOSTS = ["gpuprov-gateway-debian12", "gpuprov-gateway-debian13"]
+APP = "molecule-gateway-app-key-00000000000000"
+OLD = "molecule-gateway-old-key-00000000000000"
+KEYS = [{"id": "app", "owner": "test", "key": APP, "role": "user", "models": ["*"]},
+        {"id": "old", "owner": "test", "key": OLD, "role": "user", "models": ["*"]}]
+BODY = {"model": "deepseek-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def _post(host, key: str | None) -> tuple[int, dict, str]:
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    out = host.check_output(
+        f"curl -sS -D /tmp/h -o /tmp/b -w '%{{http_code}}' {auth} -H 'Content-Type: application/json' "
+        f"--data '{json.dumps(BODY)}' http://127.0.0.1:8080/v1/chat/completions")
+    return int(out), json.loads(host.check_output("cat /tmp/b")), host.check_output("cat /tmp/h")
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_runs_unprivileged_on_loopback_under_a_hardened_unit(name):
+    host = instance(name)
+    assert host.service("gpuprov-gateway").is_running and host.service("gpuprov-gateway").is_enabled
+    assert host.check_output("ps -o user= -C gpuprov-gateway || ps -o user= -p $(systemctl show -p MainPID --value gpuprov-gateway)").split()[0] == "gpuprov-gateway"
+    props = host.check_output("systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-gateway")
+    assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
+    assert host.socket("tcp://127.0.0.1:8080").is_listening and not host.socket("tcp://0.0.0.0:8080").is_listening
+    assert host.socket("tcp://127.0.0.1:9108").is_listening
+    assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/healthz") == "200"
+    # No Triton on this host: not ready, and /metrics only on the metrics address.
+    assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/readyz") == "503"
+    assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/metrics") == "404"
+    assert "gateway_breaker_state{backend=\"local\"} 0.0" in host.check_output("curl -sS http://127.0.0.1:9108/metrics")
+    assert host.service("gpuprov-gateway-audit-prune.timer").is_enabled
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_only_the_keys_hashes_reach_the_host(name):
+    host = instance(name)
+    config = host.file("/etc/gpuprov-gateway/gateway.yaml")
+    assert config.mode == 0o640 and config.user == "root"
+    assert "hash: sha256:" in config.content_string
+    found = host.run(f"grep -rl -e {APP} -e {OLD} /etc /opt/gpuprov /var/log/gpuprov-gateway")
+    assert found.stdout == "", found.stdout
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_no_key_is_401_and_nothing_to_serve_is_503(name):
+    host = instance(name)
+    status, body, _ = _post(host, None)
+    assert status == 401 and body["error"]["type"]
+    status, body, headers = _post(host, APP)
+    assert status == 503, body
+    assert "retry-after:" in headers.lower()
+    audit = host.check_output("cat /var/log/gpuprov-gateway/audit-*.jsonl")
+    assert '"key_id": "app"' in audit.replace('":"', '": "') and APP not in audit
+
+
+def test_a_removed_key_is_refused_after_apply_by_a_reload():
+    hosts = [instance(n) for n in HOSTS]
+    pids = [h.check_output("systemctl show -p MainPID --value gpuprov-gateway") for h in hosts]
+    result, _ = run_role("gateway", {"gateway_api_keys": KEYS[:1]}, pre_roles=("gpu_facts",))
+    assert result.rc == 0
+    try:
+        for host, pid in zip(hosts, pids):
+            assert _post(host, OLD)[0] == 401
+            assert _post(host, APP)[0] == 503  # still known: nothing to serve, not refused
+            assert host.check_output("systemctl show -p MainPID --value gpuprov-gateway") == pid
+    finally:
+        assert run_role("gateway", {"gateway_api_keys": KEYS}, pre_roles=("gpu_facts",))[0].rc == 0
+
+
+@pytest.mark.parametrize(
+    "extra, task, words",
+    [
+        ({"gateway_api_keys": [KEYS[0], {**KEYS[1], "id": "app"}]}, "Check the API keys", "duplicate ids"),
+        ({"gateway_api_keys": [{**KEYS[0], "key": "short"}]}, "Check the API keys", "Entries that are not: app"),
+        ({"gateway_fallback_enabled": True}, "Check the cloud fallback", "at least one endpoint"),
+        ({"gateway_port": 9108}, "Check the role's variables", "different for the API and /metrics"),
+    ],
+)
+def test_bad_input_fails_before_any_change(extra, task, words):
+    assert_fails_before_any_change("gateway", extra, task, words)
