@@ -108,26 +108,29 @@ def use_apt_cache(container: Container, port: str) -> None:
         raise RuntimeError(f"{container.name}: could not write {APT_CACHE_CONF}: {out.decode().strip()}")
 
 
-def inventory_for(hosts: Iterable[LabHost], subnet: str = "") -> dict:
-    """The lab inventory; `subnet` (the lab network's, which the controller is on) is where the
-    firewall lets API clients in."""
+def inventory_for(hosts: Iterable[LabHost], subnet: str = "", controller: str = "") -> dict:
+    """The lab inventory; `subnet` is the lab network's and `controller` this machine's address on
+    it (the network's gateway), the one API client the lab's firewall lets in."""
     groups: dict[str, dict] = {}
     for h in hosts:
         groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = {"gpuprov_lab_os": h.os}
     inventory: dict = {"all": {"children": groups}}
-    if subnet:
-        inventory["all"]["vars"] = {"gpuprov_lab_subnet": subnet}
+    lab_vars = {k: v for k, v in (("gpuprov_lab_subnet", subnet), ("gpuprov_lab_controller", controller)) if v}
+    if lab_vars:
+        inventory["all"]["vars"] = lab_vars
     return inventory
 
 
-def network_subnet(dc: docker.DockerClient) -> str:
+def network_addresses(dc: docker.DockerClient) -> tuple[str, str]:
+    """(subnet, gateway) of the lab network's IPv4 range."""
     configs = dc.networks.get(NETWORK).attrs.get("IPAM", {}).get("Config") or []
-    return next((c["Subnet"] for c in configs if "." in c.get("Subnet", "")), "")
+    v4 = next((c for c in configs if "." in c.get("Subnet", "")), {})
+    return v4.get("Subnet", ""), v4.get("Gateway", "")
 
 
-def write_inventory(hosts: Iterable[LabHost], subnet: str = "") -> Path:
+def write_inventory(hosts: Iterable[LabHost], subnet: str = "", controller: str = "") -> Path:
     path = paths.lab_inventory_dir() / "hosts.yml"
-    body = yaml.safe_dump(inventory_for(hosts, subnet), sort_keys=True)
+    body = yaml.safe_dump(inventory_for(hosts, subnet, controller), sort_keys=True)
     path.write_text("---\n# Written by `gpuprov lab up`; do not edit.\n" + body, encoding="utf-8")
     return path
 
@@ -164,7 +167,7 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
         # lab host fetches Debian's packages through.
         if os.environ.get("GPUPROV_APT_CACHE_PORT"):
             use_apt_cache(c, os.environ["GPUPROV_APT_CACHE_PORT"])
-    write_inventory(hosts, network_subnet(dc))
+    write_inventory(hosts, *network_addresses(dc))
     return [h.name for h in hosts]
 
 

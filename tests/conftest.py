@@ -51,6 +51,14 @@ def verify_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
     return rows
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test on the docker_client fixture is a `docker` test (`scripts/test --quick` leaves
+    them out)."""
+    for item in items:
+        if "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

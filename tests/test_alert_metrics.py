@@ -3,7 +3,8 @@ expose: Triton 2.51's and nvitop-exporter 1.7.2's /metrics as recorded on the de
 (tests/fixtures/metrics/). The first GPU run showed nvitop-exporter names its gauges with a unit
 suffix (gpu_utilization_Percentage), which the rules had missed; this test keeps that from coming
 back. The model's own latency histograms (gpuprov_*) are Triton custom metrics that
-roles/triton/files/model.py registers: each name the rules use must be one it declares."""
+roles/triton/files/model.py registers: each name the rules use must be one it declares; likewise the
+API gateway's (gateway_*), which packages/gateway's metrics module declares."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = (ROOT / "roles/prometheus/templates/gpuprov.rules.yml.j2").read_text()
 FIXTURES = ROOT / "tests/fixtures/metrics"
 MODEL = (ROOT / "roles/triton/files/model.py").read_text()
+GATEWAY = (ROOT / "packages/gateway/src/gpuprov_gateway/metrics.py").read_text()
 
 # Not recordable here: DCGM's exporter needs NGC. Names from dcgm-exporter's default counters.
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
-# Prometheus's own and the blackbox exporter's (the stack scenario fires TritonNotReady on them).
+# Prometheus's own and the blackbox exporter's (the lab tests fire TritonNotReady on them).
 OTHERS = {"up", "probe_success", "probe_ssl_earliest_cert_expiry"}
 
 
@@ -44,11 +46,21 @@ def _model_metrics() -> set[str]:
     return {f"{n}_{suffix}" for n in names for suffix in ("bucket", "sum", "count")}
 
 
+def _gateway_metrics() -> set[str]:
+    """The series names of the gateway's Counters and Gauges, and its Histograms' series."""
+    names = set()
+    for kind, name in re.findall(r'(Counter|Gauge|Histogram)\(\s*"(gateway_[a-z_]+)"', GATEWAY):
+        names |= {f"{name}_{s}" for s in ("bucket", "sum", "count")} if kind == "Histogram" else {name}
+    return names
+
+
 def test_the_rules_use_metrics():
     used = _used()
     assert {"gpuprov_time_to_first_token_seconds_bucket", "gpu_utilization_Percentage", "up"} <= used, used
     # Whole-request durations are not a latency alert's input (they grow with the answer's length).
     assert "nv_inference_request_duration_us" not in used
+    # The seed's success rate as applications see it, and the gateway's circuit breakers.
+    assert {"gateway_requests_total", "gateway_breaker_state"} <= used
 
 
 def test_the_model_declares_its_latency_histograms():
@@ -63,6 +75,8 @@ def test_every_metric_in_the_rules_is_exposed_under_that_name():
             assert name in triton, f"{name}: Triton 2.51 does not expose it"
         elif name.startswith("gpuprov_"):
             assert name in _model_metrics(), f"{name}: the model does not declare it"
+        elif name.startswith("gateway_"):
+            assert name in _gateway_metrics(), f"{name}: the gateway does not declare it"
         elif name.startswith("gpu_"):
             assert name in nvitop, f"{name}: nvitop-exporter 1.7.2 does not expose it"
         else:

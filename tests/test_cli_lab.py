@@ -1,9 +1,13 @@
-"""End to end through scripts/gpuprov: lab up applies site.yml to a real systemd container, a second
-apply changes nothing, check finds no drift, a hand edit on the host is found as drift (exit 2) and
-corrected by apply, facts shows the host, lab down removes it."""
+"""End to end through scripts/gpuprov, and the repository's one converge of the whole stack: lab up
+applies site.yml to real systemd containers (an inference host and a monitoring host), a second
+apply changes nothing, a whole-site check finds one hand edit and nothing else (exit 2) and apply
+corrects it, facts shows the host, lab down removes it. Then the stack as its users meet it, from
+this machine (the lab's one API client) and from an outsider container: the API through the gateway
+over TLS 1.3, Triton's own routes refused, the firewall, Prometheus and its alerts, verify."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,6 +49,7 @@ def test_lab_up_applies_site(lab):
     assert f"] {HOST}: changed: base : Write the kernel settings" in lab.stdout
     summary = _summary(lab.stdout)
     assert summary["command"] == "apply"
+    assert summary["strategy"] == "mitogen_linear"  # the lab opts in (gpuprov.runner.strategy_for)
     assert summary["hosts"][HOST]["failed"] == 0
     assert summary["hosts"][HOST]["changed"] > 0
     # The recap table has the host's row.
@@ -57,13 +62,11 @@ def test_second_apply_changes_nothing(lab):
     assert _summary(again.stdout)["hosts"][HOST]["changed"] == 0
 
 
-def test_check_reports_no_drift(lab):
-    check = run_gpuprov("check")
-    assert check.returncode == 0, check.stdout[-3000:]
-    assert "no changes: the hosts match the repository" in check.stdout
-
-
-def test_drift_is_found_and_corrected(lab, docker_client):
+def test_check_finds_only_the_drift_and_apply_corrects_it(lab, docker_client):
+    """The whole site in check mode on the converged lab, one file edited by hand on one host: the
+    check reports that one task and nothing else on any host (every other task would change
+    nothing: no drift), exits 2 and changes nothing; apply of the drifted role's phase corrects it,
+    and the role's check then finds no drift either."""
     container = docker_client.containers.get(HOST)
     rc, _ = container.exec_run(["sed", "-i", "s/^vm.swappiness = .*/vm.swappiness = 60/",
                                 "/etc/sysctl.d/90-gpuprov.conf"])
@@ -72,6 +75,10 @@ def test_drift_is_found_and_corrected(lab, docker_client):
     assert check.returncode == 2, check.stdout[-3000:]
     assert f"{HOST}: 1 task(s) would change" in check.stdout
     assert "  - base : Write the kernel settings" in check.stdout
+    summary = _summary(check.stdout)
+    assert summary["command"] == "check"
+    assert {h: summary["hosts"][h]["changed"] for h in (HOST, MON)} == {HOST: 1, MON: 0}
+    assert all(summary["hosts"][h]["failed"] == 0 for h in (HOST, MON))
     # check mode changed nothing on the host
     _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
     assert b"vm.swappiness = 60" in content
@@ -79,7 +86,6 @@ def test_drift_is_found_and_corrected(lab, docker_client):
     assert fix.returncode == 0, fix.stdout[-3000:]
     _, content = container.exec_run(["cat", "/etc/sysctl.d/90-gpuprov.conf"])
     assert b"vm.swappiness = 10" in content
-    # The drifted role is back in line (the whole site's check found only this one task above).
     again = run_gpuprov("check", "--limit", HOST, "--tags", "base")
     assert again.returncode == 0, again.stdout[-3000:]
     assert "no changes: the hosts match the repository" in again.stdout
@@ -243,6 +249,36 @@ def test_the_gateway_refuses_without_a_key_and_outside_a_keys_models(lab, docker
             model="deepseek-reasoner", messages=[{"role": "user", "content": "Hello"}])
 
 
+def test_a_10_mb_body_is_refused_at_the_front_and_the_gateway_keeps_serving(lab, docker_client):
+    """The front's body limit (8 MB) answers 413 before the gateway sees the request: a 10 MB
+    request body with a valid key; the next request is served."""
+    import http.client
+
+    host, port = _front(docker_client).split(":")
+    conn = http.client.HTTPSConnection(host, int(port), context=_tls_context(), timeout=60)
+    body = json.dumps({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x" * (10 << 20)}]})
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"})
+        status = conn.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):
+        # nginx may answer and close while the body is still being sent: read what it said.
+        conn.close()
+        conn = http.client.HTTPSConnection(host, int(port), context=_tls_context(), timeout=60)
+        conn.putrequest("POST", "/v1/chat/completions")
+        for k, v in (("Authorization", f"Bearer {USER_KEY}"), ("Content-Type", "application/json"),
+                     ("Content-Length", str(len(body)))):
+            conn.putheader(k, v)
+        conn.endheaders()
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    assert status == 413
+    ok = _sdk(docker_client, USER_KEY).chat.completions.create(
+        model="deepseek-chat", max_tokens=4, messages=[{"role": "user", "content": "Still there?"}])
+    assert ok.usage.completion_tokens > 0
+
+
 def test_tritons_own_routes_are_refused_at_the_front(lab, docker_client):
     """Clients reach /v1/ and Triton's readiness only: its statistics, configuration, shared memory,
     logging and generate routes answer 403 at the front (Triton itself would answer 200)."""
@@ -275,7 +311,110 @@ def test_lab_monitoring_sees_every_target(lab, docker_client):
         if health and all(h == ["up"] for h in health.values()):
             break
         time.sleep(5)
-    assert health == {"prometheus": ["up"], "node": ["up"], "triton": ["up"], "triton_ready": ["up"]}
+    assert health == {"prometheus": ["up"], "node": ["up"], "triton": ["up"], "gateway": ["up"], "triton_ready": ["up"]}
+    # No GPU exporter target: the gpu fact shows no GPU on the lab host, and the role says so.
+    _, gpu_targets = mon.exec_run(["cat", "/etc/prometheus/file_sd/gpu.yml"])
+    assert gpu_targets.decode().strip().endswith("[]")
+
+
+def _ip(container) -> str:
+    return container.attrs["NetworkSettings"]["Networks"]["gpuprov-lab"]["IPAddress"]
+
+
+def _sh(container, script: str) -> tuple[int, str]:
+    rc, out = container.exec_run(["sh", "-c", script])
+    return rc, out.decode()
+
+
+def _tcp_from_here(ip: str, port: int) -> str:
+    """`open`, `refused`, or `dropped` (no answer within 3 s: the firewall's drop policy)."""
+    try:
+        socket.create_connection((ip, port), timeout=3).close()
+        return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "dropped"
+
+
+@pytest.fixture(scope="module")
+def outsider(lab, docker_client):
+    """A container on the lab network that is neither the controller nor a monitoring host."""
+    import docker.errors
+
+    name = "gpuprov-lab-test-outsider"
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.containers.get(name).remove(force=True)
+    c = docker_client.containers.run("gpuprov/debian12-systemd:latest", ["sleep", "infinity"], name=name,
+                                     detach=True, network="gpuprov-lab", auto_remove=False)
+    c.reload()
+    yield c
+    c.remove(force=True)
+
+
+def _curl_code(container, url: str) -> int:
+    """curl's exit status from inside `container` (28: timed out, the packet was dropped)."""
+    rc, _ = _sh(container, f"curl -sk -o /dev/null --connect-timeout 3 --max-time 10 {url}")
+    return rc
+
+
+def _firewall_holds(docker_client, outsider) -> None:
+    gpu, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
+    ip = _ip(gpu)
+    metrics = (8002, 9100, 9108)  # Triton's, the node exporter's and the gateway's /metrics
+    # This machine (the lab's one API client): the API answers, the metrics ports are dropped.
+    assert _tcp_from_here(ip, 8443) == "open"
+    assert {p: _tcp_from_here(ip, p) for p in metrics} == dict.fromkeys(metrics, "dropped")
+    # The monitoring host reaches the metrics ports.
+    assert {p: _curl_code(mon, f"http://{ip}:{p}/metrics") for p in metrics} == dict.fromkeys(metrics, 0)
+    # Another container on the same network: every port dropped, not refused.
+    assert {p: _curl_code(outsider, f"https://{ip}:{p}/") for p in (8443, 8444)} == {8443: 28, 8444: 28}
+    assert {p: _curl_code(outsider, f"http://{ip}:{p}/metrics") for p in metrics} == dict.fromkeys(metrics, 28)
+
+
+def test_the_firewall_lets_in_the_controller_and_monitoring_only(lab, docker_client, outsider):
+    _firewall_holds(docker_client, outsider)
+
+
+def test_the_firewall_survives_an_nftables_restart(lab, docker_client, outsider):
+    """Debian's nftables.service flushes the whole ruleset; gpuprov's unit (PartOf it) loads its
+    table again, and a restart of gpuprov's own unit keeps the rules."""
+    gpu = docker_client.containers.get(HOST)
+    assert _sh(gpu, "systemctl restart nftables")[0] == 0
+    deadline = time.time() + 15
+    while time.time() < deadline and "table inet gpuprov" not in _sh(gpu, "nft list tables")[1]:
+        time.sleep(0.5)
+    assert "table inet gpuprov" in _sh(gpu, "nft list tables")[1]
+    _firewall_holds(docker_client, outsider)
+    assert _sh(gpu, "systemctl restart gpuprov-firewall")[0] == 0
+    _firewall_holds(docker_client, outsider)
+
+
+def test_triton_listens_on_loopback_only(lab, docker_client):
+    gpu = docker_client.containers.get(HOST)
+    rc, out = _sh(gpu, "ss -ltnH")
+    assert rc == 0
+    listening = {line.split()[3] for line in out.splitlines()}
+    assert "127.0.0.1:8000" in listening and "127.0.0.1:8001" in listening, listening
+    assert not {a for a in listening if a.endswith((":8000", ":8001")) and not a.startswith("127.0.0.1:")}
+
+
+def test_the_grpc_port_is_closed_by_default(lab, docker_client):
+    """Triton's gRPC API through the front would be all of it, unfiltered and without a key: off
+    unless tls_front_grpc_enabled, so nginx has no such port and the firewall drops it."""
+    gpu = docker_client.containers.get(HOST)
+    assert _tcp_from_here(_ip(gpu), 8444) == "dropped"
+    _, out = _sh(gpu, "ss -ltnH")
+    assert not [line for line in out.splitlines() if line.split()[3].endswith(":8444")]
+
+
+def test_the_hosts_certificate_names_it_and_its_key_is_private(lab, docker_client):
+    gpu = docker_client.containers.get(HOST)
+    rc, text = _sh(gpu, "openssl x509 -in /etc/gpuprov/tls/server.crt -noout -ext subjectAltName")
+    assert rc == 0, text
+    assert f"IP Address:{_ip(gpu)}" in text and f"DNS:{HOST}" in text
+    _, mode = _sh(gpu, "stat -c '%a %U' /etc/gpuprov/tls/server.key")
+    assert mode.split() == ["600", "root"]
 
 
 GPU_HOST_CHECKS = [
@@ -315,3 +454,31 @@ def test_verify_passes_on_the_lab_and_finds_a_stopped_front(lab, docker_client):
     assert rows[(HOST, "TLS front: nginx active")] == ("FAIL", "nginx is inactive")
     assert rows[(HOST, "TLS front: HTTPS with a verified certificate, Triton ready behind it")][0] == "FAIL"
     assert rows[(HOST, "Triton: generate answers")][0] == "pass"
+
+
+def _firing(mon) -> list[str]:
+    _, out = mon.exec_run(["curl", "-sS", "http://127.0.0.1:9090/api/v1/alerts"])
+    return [a["labels"]["alertname"] for a in json.loads(out)["data"]["alerts"] if a["state"] == "firing"]
+
+
+def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_client):
+    """The last lab test (it leaves an alert that takes a while to resolve): Triton stopped,
+    Prometheus fires TritonNotReady (the lab's default windows: 15 s scrapes, 60 s), and
+    `gpuprov verify` on the monitoring host reports it (the alert's summary)."""
+    gpu, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
+    assert _sh(gpu, "systemctl stop gpuprov-triton")[0] == 0
+    try:
+        deadline, firing = time.time() + 240, []
+        while time.time() < deadline and "TritonNotReady" not in firing:
+            time.sleep(5)
+            firing = _firing(mon)
+        assert "TritonNotReady" in firing
+        out = run_gpuprov("verify", "--limit", MON, timeout=600)
+        assert out.returncode == 1, out.stdout[-3000:]
+        result, found = verify_rows(out.stdout)[(MON, "Prometheus: no alert firing")]
+        assert result == "FAIL" and f"{HOST}: Triton is not ready behind" in found, found
+    finally:
+        assert _sh(gpu, "systemctl start gpuprov-triton")[0] == 0
+        rc, _ = _sh(gpu, "for i in $(seq 1 90); do curl -sf http://127.0.0.1:8000/v2/health/ready && exit 0;"
+                         " sleep 2; done; exit 1")
+        assert rc == 0

@@ -42,12 +42,13 @@ def test_a_failing_step_is_reported_with_its_output_in_one_piece(tmp_path: Path)
     assert (tmp_path / "logs" / "bad.log").read_text() == "first\nsecond\n"
 
 
-def test_scenarios_that_reuse_the_shared_platforms_conflict_and_the_stack_does_not() -> None:
+def test_scenarios_that_reuse_the_shared_platforms_conflict_and_one_with_its_own_does_not() -> None:
     def res(d: str) -> set[str]:
         return set(subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
                    .strip().split(","))
 
-    base, triton, stack = res("roles/base/molecule/default"), res("roles/triton/molecule/default"), res("molecule/stack")
+    base, triton = res("roles/base/molecule/default"), res("roles/triton/molecule/default")
+    gateway = res("roles/gateway/molecule/default")
     assert "container:gpuprov-debian12" in base & triton
-    assert "container:gpuprov-stack-gpu" in stack and "network:gpuprov-stack-test" in stack
-    assert not stack & base, "the stack scenario would wait for every role scenario"
+    assert "container:gpuprov-gateway-debian12" in gateway
+    assert not gateway & base, "a scenario with platforms of its own would wait for the shared ones"

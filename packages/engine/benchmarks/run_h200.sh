@@ -3,8 +3,9 @@
 # output + triton-venv.sh): build the 1.5B-shaped model; bench the engine in-process; serve it with
 # Triton 2.51 through triton/model.py and measure with bench_triton.py; check the engine in fp32
 # against transformers' greedy generate. Writes 8 files under $OUT.
-# TRITON_ONLY=1: the Triton part alone, over a model whose tokenizer covers every id
-# (make_model.py --fill-vocab), the benchmark's files named bench_triton_h200${TAG}.
+# The model's lm_head keeps only the rows of ids that decode to text (make_model.py), so a stream
+# carries text from its first token on. TRITON_ONLY=1: the Triton part alone, the benchmark's files
+# named bench_triton_h200${TAG}.
 TRITON_ONLY=${TRITON_ONLY:-0}
 TAG=${TAG:-}
 set -uo pipefail
@@ -13,10 +14,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 ENG=$(pwd)
 S="$OUT/setup.log"
 (date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv) > "$S" 2>&1
-if [ "$TRITON_ONLY" = 1 ]; then
-  python3 benchmarks/make_model.py --out /tmp/ds15 --fill-vocab >> "$S" 2>&1 || exit 1
-else
-  python3 benchmarks/make_model.py --out /tmp/ds15 >> "$S" 2>&1 || exit 1
+python3 benchmarks/make_model.py --out /tmp/ds15 >> "$S" 2>&1 || { tail -5 "$S"; exit 1; }
+if [ "$TRITON_ONLY" != 1 ]; then
   python3 benchmarks/bench_engine.py --model /tmp/ds15 --json "$OUT/bench_engine_h200_v2.json" 2>&1 \
     | grep -v Loading | tee "$OUT/bench_engine_h200_v2.log"
 fi
@@ -42,7 +41,7 @@ for body in '{"text_input": "hello gpu", "max_tokens": 12}' '{"text_input": "hel
 done
 echo "generate_stream:" >> "$C"
 curl -s --max-time 30 -X POST localhost:8000/v2/models/deepseek/generate_stream -d '{"text_input": "hello gpu", "max_tokens": 6, "stream": true}' >> "$C"
-timeout 240 /opt/torch/.venv/bin/python3 benchmarks/bench_triton.py --json "$OUT/bench_triton_h200$TAG.json" 2>&1 | tee "$OUT/bench_triton_h200$TAG.log"
+timeout 240 /opt/torch/.venv/bin/python3 benchmarks/bench_triton.py --waves 3 --json "$OUT/bench_triton_h200$TAG.json" 2>&1 | tee "$OUT/bench_triton_h200$TAG.log"
 echo "metrics:" >> "$C"; curl -s --max-time 10 localhost:8002/metrics | grep -E "^gpuprov|^nv_inference_count" >> "$C"
 kill $srv; wait $srv 2>/dev/null
 [ "$TRITON_ONLY" = 1 ] && exit 0

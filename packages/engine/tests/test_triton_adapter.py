@@ -198,3 +198,20 @@ def test_metrics_are_exported(model):
     assert any(m.labels.get("reason") == "cancelled" and m.value >= 1
                for m in fams["gpuprov_engine_failures_total"].metrics)
     assert fams["gpuprov_engine_inter_token_seconds_count"].metrics[0].value > 0
+
+
+def test_a_stream_goes_on_after_invalid_bytes_from_the_model(model):
+    """A lone UTF-8 continuation byte in the middle decodes to U+FFFD for good: the text after it
+    still streams token by token (it used to wait for the final response)."""
+    tok = model.tok
+    lone = tok.convert_tokens_to_ids("\u00a9")  # byte-level BPE's token for the byte 0xA9 alone
+    words = tok.encode(" world and more words", add_special_tokens=False)
+    ids = tok.encode("Hello", add_special_tokens=False) + [lone] + words
+    assert "\ufffd" in tok.decode(ids)
+    row = type(model)._handle.__globals__["_Row"](Sender(), True, [], 3)
+    streamed_before_last = ""
+    for n, token_id in enumerate(ids):
+        model._handle(row, types.SimpleNamespace(token_id=token_id, finished=False))
+        if n == len(ids) - 2:
+            streamed_before_last = "".join(_text(r) for r in row.sender.responses)
+    assert "\ufffd" in streamed_before_last and " world and" in streamed_before_last, streamed_before_last

@@ -263,7 +263,9 @@ class TritonPythonModel:
         if row.stream:
             self._detokenize(row)
             safe = len(row.text) - max([len(s) for s in row.stop] + [1])
-            if safe > row.sent and "\ufffd" not in row.text[row.sent:safe]:
+            # _detokenize adds no text that ends in an incomplete character; a U+FFFD inside the text
+            # is the model's own invalid bytes and goes out as it is (else the stream stalls to the end).
+            if safe > row.sent:
                 row.sender.send(self._response(row, row.text[row.sent:safe], len(row.tokens)))
                 row.sent = safe
 

@@ -272,10 +272,13 @@ class TritonPythonModel:
                     row.text, row.done = row.text[:cut], True
             if len(row.tokens) >= row.max_tokens:
                 row.done = True
-        # Stream only text that cannot still turn into a stop word or an incomplete character.
+        # Stream only text that cannot still turn into a stop word or an incomplete character (a
+        # trailing U+FFFD: the bytes of a character not all generated yet). One inside the text is
+        # the model's own invalid bytes and goes out as it is, or the stream would stall until the end.
         if row.stream:
-            safe = len(row.text) if row.done else len(row.text) - max([len(s) for s in row.stop] + [1])
-            if safe > row.sent and "\ufffd" not in row.text[row.sent:safe]:
+            safe = len(row.text) if row.done else min(len(row.text) - max([len(s) for s in row.stop] + [1]),
+                                                      len(row.text.rstrip("\ufffd")))
+            if safe > row.sent:
                 self.send(row, row.text[row.sent:safe])
                 row.sent = safe
 

@@ -56,8 +56,10 @@ def _ssh(ip: str, command: str = "true", timeout: int = 5) -> subprocess.Complet
 
 
 def _over_ssh(ip: str) -> dict:
+    # Throwaway containers with fresh host keys: checking is off for them only (gpuprov's runs check
+    # host keys everywhere else).
     return {"ansible_connection": "ssh", "ansible_host": ip, "ansible_user": "root",
-            "ansible_ssh_private_key_file": KEY,
+            "ansible_ssh_private_key_file": KEY, "ansible_host_key_checking": False,
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}
 
 
@@ -76,8 +78,8 @@ def test_default_drop_with_the_given_sources(name):
     assert "policy drop" in table
     assert "198.51.100.0/24" in table and "2001:db8:100::/48" in table
     assert "tcp dport 22 ct state new limit rate 10/minute burst 20 packets accept" in table
-    assert "203.0.113.0/24" in table and "tcp dport { 8443, 8444 } accept" in table
-    assert "192.0.2.50" in table and "tcp dport { 8002, 9100, 9835 } accept" in table
+    assert "203.0.113.0/24" in table and "tcp dport 8443 accept" in table
+    assert "192.0.2.50" in table and "tcp dport { 8002, 9100, 9108, 9835 } accept" in table
     assert "icmp type echo-request limit rate 10/second" in table
     assert instance(name).file("/etc/gpuprov/firewall.nft").mode == 0o600
 
@@ -180,3 +182,17 @@ def test_over_ssh_a_ruleset_that_would_lock_the_controller_out_is_refused():
     assert "would lock the controller out" in failures[0][2]
     assert result.recaps[0].changed == 0 and _table(name) == before
     assert _ssh(ip).returncode == 0
+
+
+def test_over_ssh_an_unknown_host_key_is_refused_before_any_change():
+    """gpuprov's runs check host keys (ansible-runner would turn that off): a host whose key is not
+    known is unreachable, and nothing on it changes."""
+    name, ip = HOSTS[0], _ip(HOSTS[0])
+    before = _table(name)
+    checked = {**_over_ssh(ip), "ansible_host_key_checking": True,
+               "ansible_ssh_common_args": "-o UserKnownHostsFile=/dev/null"}
+    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **checked}, limit=name)
+    unreachable = [e["event_data"]["res"].get("msg", "") for e in events if e.get("event") == "runner_on_unreachable"]
+    assert result.rc != 0 and result.recaps[0].unreachable > 0, unreachable
+    assert unreachable and all("host key" in m.lower() for m in unreachable), unreachable
+    assert _table(name) == before

@@ -38,7 +38,9 @@ def test_runs_unprivileged_on_loopback_under_a_hardened_unit(name):
     props = host.check_output("systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-gateway")
     assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
     assert host.socket("tcp://127.0.0.1:8080").is_listening and not host.socket("tcp://0.0.0.0:8080").is_listening
-    assert host.socket("tcp://127.0.0.1:9108").is_listening
+    # /metrics on every address (Prometheus scrapes it from the monitoring host; the firewall role
+    # keeps everyone else out).
+    assert host.socket("tcp://0.0.0.0:9108").is_listening
     assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/healthz") == "200"
     # No Triton on this host: not ready, and /metrics only on the metrics address.
     assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/readyz") == "503"

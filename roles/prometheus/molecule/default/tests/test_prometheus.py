@@ -55,11 +55,13 @@ def test_targets_are_generated_from_the_inventory():
     node = MON.file("/etc/prometheus/file_sd/node.yml").content_string
     assert '"192.0.2.10:9100"' in node and '"192.0.2.11:9100"' in node and 'host: "gpu-b"' in node
     assert '"192.0.2.10:8002"' in MON.file("/etc/prometheus/file_sd/triton.yml").content_string
+    assert '"192.0.2.11:9108"' in MON.file("/etc/prometheus/file_sd/gateway.yml").content_string
     assert "https://192.0.2.11:8443/v2/health/ready" in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string
     # No gpu fact for these hosts: no GPU exporter target.
     assert MON.file("/etc/prometheus/file_sd/gpu.yml").content_string.strip().endswith("[]")
     targets = _wait(lambda: (t := _targets()).get("node") == {"gpu-a", "gpu-b"} and t)
     assert targets["node"] == {"gpu-a", "gpu-b"} and targets["triton"] == {"gpu-a", "gpu-b"}
+    assert targets["gateway"] == {"gpu-a", "gpu-b"}
     assert targets["prometheus"] == {"127.0.0.1:9090"}
 
 
