@@ -212,7 +212,11 @@ def run_lab(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"gpuprov: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        names = lab.up(hosts)
+        try:
+            names = lab.up(hosts)
+        except RuntimeError as exc:  # a container or the lab network not as the lab needs it
+            print(f"gpuprov: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"lab up: {', '.join(names)} (inventory: {paths.lab_inventory_dir() / 'hosts.yml'})")
         if args.no_apply:
             return EXIT_OK

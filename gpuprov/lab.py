@@ -125,7 +125,10 @@ def network_addresses(dc: docker.DockerClient) -> tuple[str, str]:
     """(subnet, gateway) of the lab network's IPv4 range."""
     configs = dc.networks.get(NETWORK).attrs.get("IPAM", {}).get("Config") or []
     v4 = next((c for c in configs if "." in c.get("Subnet", "")), {})
-    return v4.get("Subnet", ""), v4.get("Gateway", "")
+    if not v4.get("Gateway"):
+        raise RuntimeError(f"the Docker network {NETWORK} has no IPv4 gateway: the lab's firewall lets in "
+                           "this machine at that address")
+    return v4.get("Subnet", ""), v4["Gateway"]
 
 
 def write_inventory(hosts: Iterable[LabHost], subnet: str = "", controller: str = "") -> Path:

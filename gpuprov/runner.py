@@ -83,7 +83,7 @@ def ansible_env() -> dict[str, str]:
         # ansible-runner turns host key checking off unless the caller sets it, which would beat
         # ansible.cfg: every run would accept any host key, a changed one too. Only inventories
         # of local containers (the lab) turn it off, per host (ansible_host_key_checking).
-        "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
+        "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING") or "True",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
@@ -100,6 +100,8 @@ def strategy_for(inventories: list[str]) -> str:
     if os.environ.get("ANSIBLE_STRATEGY"):
         return os.environ["ANSIBLE_STRATEGY"]
     lab = paths.lab_inventory_dir().resolve()
+    if not inventories and os.environ.get("ANSIBLE_INVENTORY"):  # not ansible.cfg's: not the lab
+        inventories = os.environ["ANSIBLE_INVENTORY"].split(",")
     if not inventories or all(Path(i).resolve() in (lab, lab / "hosts.yml") for i in inventories):
         return MITOGEN
     return "linear"

@@ -111,8 +111,8 @@ def _converged_roles(converge: Path) -> set[str]:
 
 
 def test_molecule_scenario_with_testinfra(role):
-    """A scenario of the role's own, or the repository's `stack` scenario (molecule/*/) converges it;
-    either way with testinfra tests."""
+    """A scenario of the role's own (or one under molecule/*/ that converges it), with testinfra
+    tests."""
     scenarios = list((role / "molecule").glob("*/molecule.yml"))
     scenarios += [s for s in (ROOT / "molecule").glob("*/molecule.yml")
                   if role.name in _converged_roles(s.parent / "converge.yml")]

@@ -52,3 +52,5 @@ def test_the_lab_opts_in_to_mitogen(monkeypatch):
     lab = paths.lab_inventory_dir()
     assert strategy_for([]) == strategy_for([str(lab)]) == strategy_for([str(lab / "hosts.yml")]) == "mitogen_linear"
     assert strategy_for([str(lab), "/elsewhere/hosts.yml"]) == "linear"
+    monkeypatch.setenv("ANSIBLE_INVENTORY", "/elsewhere/hosts.yml")  # no -i, but not ansible.cfg's lab
+    assert strategy_for([]) == "linear"

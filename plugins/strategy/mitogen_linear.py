@@ -15,6 +15,6 @@ from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as Mi
 
 class StrategyModule(MitogenLinear):
     def run(self, iterator, play_context):  # type: ignore[no-untyped-def]
-        if iterator._play.connection == "local":
+        if iterator._play.connection in ("local", "ansible.builtin.local"):
             return LinearStrategy.run(self, iterator, play_context)
         return super().run(iterator, play_context)

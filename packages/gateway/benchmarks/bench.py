@@ -16,8 +16,8 @@ gateway renders the chat message with its own renderer (model.dir = --model-dir)
 path sends that rendered text with the fields the gateway's TritonBackend sends (temperature 0,
 top_p 1, stop_words [], apply_chat_template false, same max_tokens).
 
-TTFT = time to the first event with non-empty text (gateway: delta content or reasoning_content;
-direct: text_output with visible text, i.e. not only whitespace or think tags, which the gateway
+TTFT = time to the first event with visible text on both paths (gateway: delta content or
+reasoning_content; direct: text_output; i.e. not only whitespace or think tags, which the gateway
 strips; the first non-empty text_output of any kind is reported too, as first_any_text).
 Percentiles interpolate linearly. Throughput = completion tokens / summed wall time of the path's
 waves (direct: num_output_tokens of the last event, else the number of text events; gateway:
@@ -157,9 +157,10 @@ async def gateway_one(c: httpx.AsyncClient, t: Target) -> Result:
                     n_out = obj["usage"]["completion_tokens"]
                 for ch in obj.get("choices") or []:
                     d = ch["delta"]
-                    if d.get("content") or d.get("reasoning_content"):
+                    text = (d.get("reasoning_content") or "") + (d.get("content") or "")
+                    if text:
                         n_events += 1
-                        if ttft is None:
+                        if ttft is None and visible(text):
                             ttft = time.perf_counter() - t0
     except httpx.HTTPError as e:
         return Result(False, error=f"{type(e).__name__}: {e}")
