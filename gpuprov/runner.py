@@ -183,6 +183,7 @@ def run(
     root = paths.repo_root()
     run_dir = paths.new_run_dir(req.command)
     tracker = RunTracker()
+    strategy = strategy_for(list(req.inventories))
 
     def handler(event: dict[str, Any]) -> bool:
         tracker.handle(event)
@@ -194,7 +195,7 @@ def run(
         private_data_dir=str(run_dir),
         project_dir=str(root),
         ident="run",
-        envvars={**ansible_env(), "ANSIBLE_STRATEGY": strategy_for(list(req.inventories))},
+        envvars={**ansible_env(), "ANSIBLE_STRATEGY": strategy},
         cmdline=cmdline_string(build_cmdline(req)),
         suppress_env_files=True,
         quiet=True,
@@ -227,11 +228,11 @@ def run(
         tracker=tracker,
         duration_s=duration,
     )
-    write_summary(req, result, started_at)
+    write_summary(req, result, started_at, strategy)
     return result
 
 
-def write_summary(req: RunRequest, result: RunResult, started_at: datetime) -> Path:
+def write_summary(req: RunRequest, result: RunResult, started_at: datetime, strategy: str) -> Path:
     summary = {
         "command": req.command,
         "playbook": req.playbook,
@@ -240,7 +241,7 @@ def write_summary(req: RunRequest, result: RunResult, started_at: datetime) -> P
         "limit": req.limit,
         "tags": req.tags,
         "check": req.check,
-        "strategy": strategy_for(list(req.inventories)),
+        "strategy": strategy,
         # Only the names of extra-vars files; inline values may be secret.
         "extra_vars_files": [e for e in req.extra_vars if e.startswith("@")],
         "started": started_at.isoformat(),
