@@ -42,16 +42,22 @@ def _reported(events: list[dict], task: str) -> list[str]:
             if e.get("event") in ("runner_on_ok", "runner_on_failed") and e["event_data"].get("task") == task]
 
 
-@pytest.mark.parametrize("gpu, expected", [
-    ({"status": "no_gpu", "gpu_count": 0, "gpus": []}, "tiny-deepseek"),
-    (_gpus(1, 23034), "deepseek-r1-distill-llama-8b"),      # 1x 24 GB (L4): 14.96 GiB x 1.25 fits
-    (_gpus(1, 81559), "deepseek-r1-distill-qwen-32b"),      # 1x 80 GB (H100): 61.03 x 1.25 = 76.3 GiB
-    (_gpus(8, 143771), "deepseek-r1"),                      # 8x 141 GB (H200): 641.3 x 1.25 = 801.6 GiB
-    (_gpus(8, 81559), "deepseek-r1-distill-llama-70b"),     # 8x H100: 637 GiB, V3/R1 does not fit
-    (H200, "deepseek-r1-distill-qwen-32b"),  # the recorded 1x H200: 140.4 GiB < 164.2 GiB for the 70B
+NATIVE, CONTAINER = {}, {"triton_runtime": "container"}
+
+
+@pytest.mark.parametrize("gpu, runtime, expected", [
+    ({"status": "no_gpu", "gpu_count": 0, "gpus": []}, NATIVE, "tiny-deepseek"),
+    (_gpus(1, 23034), NATIVE, "deepseek-r1-distill-llama-8b"),     # 1x 24 GB (L4): 14.96 GiB x 1.25 fits
+    (_gpus(1, 81559), NATIVE, "deepseek-r1-distill-qwen-32b"),     # 1x 80 GB (H100): 61.03 x 1.25 = 76.3 GiB
+    (_gpus(8, 143771), CONTAINER, "deepseek-r1"),                  # 8x 141 GB (H200): 641.3 x 1.25 = 801.6 GiB
+    (_gpus(8, 81559), CONTAINER, "deepseek-r1-distill-llama-70b"),  # 8x H100: 637 GiB, V3/R1 does not fit
+    # The native runtime serves from one GPU: the largest that one GPU holds, however many there are.
+    (_gpus(8, 81559), NATIVE, "deepseek-r1-distill-qwen-32b"),
+    (_gpus(8, 143771), NATIVE, "deepseek-r1-distill-qwen-32b"),
+    (H200, NATIVE, "deepseek-r1-distill-qwen-32b"),  # the recorded 1x H200: 140.4 GiB < 164.2 GiB for the 70B
 ])
-def test_auto_picks_the_largest_that_fits(tmp_path, gpu, expected):
-    rc, events = _choose(tmp_path, gpu, models_name="auto")
+def test_auto_picks_the_largest_that_fits(tmp_path, gpu, runtime, expected):
+    rc, events = _choose(tmp_path, gpu, models_name="auto", **runtime)
     assert rc == 0
     assert _reported(events, "Report") == [expected]
     reason = _reported(events, "Report the choice")[0]
@@ -66,7 +72,18 @@ def test_an_explicit_model_that_cannot_fit_fails_with_the_numbers(tmp_path):
     assert "this host has 1 GPU(s) of 79.6 GiB (79.6 GiB)" in msg
 
 
+def test_the_native_runtime_is_not_given_a_model_one_gpu_cannot_hold(tmp_path):
+    rc, events = _choose(tmp_path, _gpus(8, 81559), models_name="deepseek-r1-distill-llama-70b")
+    assert rc != 0
+    msg = _reported(events, "Check the model fits the GPUs")[0]
+    assert "this host has 8 GPU(s) of 79.6 GiB (636.8 GiB), and one model is served from 1 of them (79.6 GiB" in msg
+    assert "triton_runtime container spreads a model over every GPU" in msg
+    # The container runtime places it over the eight.
+    rc, _ = _choose(tmp_path, _gpus(8, 81559), models_name="deepseek-r1-distill-llama-70b", **CONTAINER)
+    assert rc == 0
+
+
 def test_v3_needs_eight_gpus(tmp_path):
-    rc, events = _choose(tmp_path, _gpus(4, 143771), models_name="deepseek-v3")
+    rc, events = _choose(tmp_path, _gpus(4, 143771), models_name="deepseek-v3", **CONTAINER)
     assert rc != 0
     assert "on at least 8 GPU(s); this host has 4 GPU(s) of 140.4 GiB" in _reported(events, "Check the model fits the GPUs")[0]

@@ -76,13 +76,16 @@ class MetricFamily:
 
 
 class Sender:
-    def __init__(self):
+    def __init__(self, gate=None):
         self.responses = []
         self.done = threading.Event()
         self.cancelled = False
+        self.gate = gate  # when set: the first send waits for it (a sender thread that fell behind)
 
     def send(self, response=None, flags=0):
         assert not self.done.is_set(), "a response after the final flag"
+        if self.gate is not None and not self.responses:
+            assert self.gate.wait(60)
         self.responses.append(response)
         if flags & FINAL:
             self.done.set()
@@ -215,3 +218,33 @@ def test_a_stream_goes_on_after_invalid_bytes_from_the_model(model):
         if n == len(ids) - 2:
             streamed_before_last = "".join(_text(r) for r in row.sender.responses)
     assert "\ufffd" in streamed_before_last and " world and" in streamed_before_last, streamed_before_last
+
+
+def test_a_sender_that_fell_behind_sends_the_queued_tokens_in_one_response(model):
+    """The engine runs ahead while the sender thread is held in its first send: once released, the
+    sender answers every token already queued in one response (not one response per token), and the
+    streamed text still adds up to the whole answer."""
+    prompt = "Ansible provisions GPU servers and keeps them"
+    whole = Request(text_input=prompt, max_tokens=48)
+    model.execute([whole])
+    assert whole.sender.done.wait(30)
+    text = _text(whole.sender.responses[0])
+    n_out = int(whole.sender.responses[0].outputs["num_output_tokens"].reshape(-1)[0])
+    assert n_out >= 10 and len(text) > 10, (n_out, text)  # a long enough answer to show the batching
+
+    gate = threading.Event()
+    stream = Request(text_input=prompt, max_tokens=48, stream=True)
+    stream.sender = Sender(gate)
+    completed = model.engine.snapshot()["completed"]
+    model.execute([stream])
+    t0 = time.monotonic()
+    while model.engine.snapshot()["completed"] == completed and time.monotonic() - t0 < 30:
+        time.sleep(0.005)
+    assert model.engine.snapshot()["completed"] > completed  # every event is queued now
+    gate.set()
+    assert stream.sender.done.wait(30)
+    # the first token's response, one for all the tokens queued behind it, the final one
+    assert len(stream.sender.responses) <= 3, len(stream.sender.responses)
+    assert "".join(_text(r) for r in stream.sender.responses) == text
+    final = stream.sender.responses[-1]
+    assert int(final.outputs["num_output_tokens"].reshape(-1)[0]) == n_out

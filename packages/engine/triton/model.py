@@ -36,6 +36,8 @@ import triton_python_backend_utils as pb_utils
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# At most this many queued events are taken in one round of the sender thread.
+MAX_EVENTS_PER_ROUND = 4096
 
 
 def _scalar(request, name, default):
@@ -226,40 +228,59 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=outs)
 
     def _send_loop(self):
+        """Takes every event already queued at once and answers each request once per round: when the
+        engine runs ahead of this thread (many streams), several tokens go out in one response, so the
+        responses per second stay what this thread can send; when it keeps up, a token per response."""
         while not self._stop.is_set():
             try:
-                row, ev = self._events.get(timeout=0.1)
+                batch = [self._events.get(timeout=0.1)]
             except queue.Empty:
                 continue
-            try:
-                self._handle(row, ev)
-            except Exception as exc:  # the client went away, or a send failed
-                pb_utils.Logger.log_warn(f"request {row.rid}: {exc}")
-                self.engine.cancel(row.rid)
-                if not row.closed:
-                    self._drop(row)
-                    try:  # end the request for the client, whatever happened
-                        err = pb_utils.TritonError(f"generation failed: {exc}")
-                        row.sender.send(pb_utils.InferenceResponse(error=err), flags=FINAL)
-                    except Exception:
-                        pass
+            while len(batch) < MAX_EVENTS_PER_ROUND:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            by_row: dict[int, tuple[_Row, list]] = {}
+            for row, ev in batch:
+                by_row.setdefault(id(row), (row, []))[1].append(ev)
+            for row, events in by_row.values():
+                try:
+                    self._handle_events(row, events)
+                except Exception as exc:  # the client went away, or a send failed
+                    self._fail(row, exc)
+
+    def _fail(self, row, exc):
+        pb_utils.Logger.log_warn(f"request {row.rid}: {exc}")
+        self.engine.cancel(row.rid)
+        if not row.closed:
+            self._drop(row)
+            try:  # end the request for the client, whatever happened
+                err = pb_utils.TritonError(f"generation failed: {exc}")
+                row.sender.send(pb_utils.InferenceResponse(error=err), flags=FINAL)
+            except Exception:
+                pass
 
     def _handle(self, row, ev):
+        self._handle_events(row, [ev])
+
+    def _handle_events(self, row, events):
+        """One request's events of this round, in order: tokens are recorded, a final event ends the
+        request, and a stream gets one response with all the text that became safe to send.
+        Cancellation is the watch thread's (an is_cancelled() per token is a round trip to Triton)."""
         if row.closed:
             return
         now = time.monotonic()
-        if ev.token_id is not None:
-            row.last = now
-            if not row.tokens:
-                row.first = now
-                self.ttft.observe(now - row.taken)
-            row.tokens.append(ev.token_id)
-        if not ev.finished and row.sender.is_cancelled():
-            self.engine.cancel(row.rid)
-            return
-        if ev.finished:
-            self._finish(row, ev.result)
-            return
+        for ev in events:
+            if ev.token_id is not None:
+                row.last = now
+                if not row.tokens:
+                    row.first = now
+                    self.ttft.observe(now - row.taken)
+                row.tokens.append(ev.token_id)
+            if ev.finished:
+                self._finish(row, ev.result)
+                return
         if row.stream:
             self._detokenize(row)
             safe = len(row.text) - max([len(s) for s in row.stop] + [1])

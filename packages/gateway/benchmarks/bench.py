@@ -335,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context-length", type=int, default=8192, help="the gateway's model.context_length")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=0, help="prompt length in words (0: 'hello')")
+    ap.add_argument("--prompt-prefix", default="",
+                    help="text before the prompt's words ('[[long]] ': the stand-in's long answer)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--waves", type=int, default=3)
     ap.add_argument("--rounds", type=int, nargs="+",
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     from gpuprov_gateway.template import ChatRenderer  # the gateway's own renderer
 
     content = " ".join(WORDS[i % len(WORDS)] for i in range(a.prompt_words)) or "hello"
+    content = a.prompt_prefix + content
     prompt = ChatRenderer(a.model_dir).render([{"role": "user", "content": content}])
     gport, mport = free_port(), free_port()
     procs: list[subprocess.Popen] = []

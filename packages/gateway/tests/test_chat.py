@@ -180,3 +180,39 @@ def test_healthz_readyz_and_metrics_port(gateway):
     assert "gateway_requests_total" in m
     assert "gateway_time_to_first_token_seconds_bucket" in m
     assert 'gateway_breaker_state{backend="local"}' in m
+
+
+def test_a_long_fast_stream_arrives_whole_and_in_order(gateway):
+    """64 pieces written back to back (the gateway's max_tokens limit here): whatever the writer
+    merges into one chunk, the client's text is every piece once, in order."""
+    stream = sdk(gateway).chat.completions.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "[[long]] go"}], stream=True,
+        max_tokens=64, temperature=0.7)
+    chunks = [c for c in stream if c.choices]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                        for c in chunks)
+    # the rendered prompt opens <think>: 10 pieces of reasoning and its end, 5 of the answer, 49 fillers
+    assert content == "The answer is 42." + "".join(f" w{i}" for i in range(64 - 10 - 5))
+    assert reasoning == "Let me think about it."
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_expiry(gateway):
+    """httpx (and so the openai SDK) reuses an idle connection for 5 s: the gateway must not close it
+    sooner, or a request sent as it closes fails with a read error (seen once at 64 streams)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(gateway.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.getheader("connection") != "close"
+        first.read()
+        time.sleep(httpx.Limits().keepalive_expiry + 1.0)
+        conn.request("GET", "/healthz")  # on the same connection: http.client does not reconnect
+        assert conn.getresponse().status == 200  # RemoteDisconnected when the server closed it
+    finally:
+        conn.close()

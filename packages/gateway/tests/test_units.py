@@ -129,3 +129,43 @@ def test_cli_hash_key_and_bad_config(tmp_path):
     assert "Traceback" not in r.stderr
     r = run_cli("serve", "--config", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "cannot read config file" in r.stderr
+
+
+def test_pump_ready_hands_over_what_piled_up_without_waiting():
+    """The stream writer merges deltas that are already queued: ready() returns them in order, then
+    END, and None when nothing waits; a generator's exception comes out of ready() in its place."""
+    import asyncio
+
+    from gpuprov_gateway.pump import END, Pump
+
+    async def gen(fail: bool):  # noqa: ANN202
+        for i in range(3):
+            yield i
+        if fail:
+            raise RuntimeError("backend broke")
+
+    async def main() -> None:
+        p = Pump(gen(False))
+        assert await p.next(None) == 0  # the producer ran to its end meanwhile (nothing awaits)
+        assert [p.ready(), p.ready(), p.ready()] == [1, 2, END]
+        assert p.ready() is None
+        await p.close()
+        p = Pump(gen(True))
+        assert await p.next(None) == 0
+        assert [p.ready(), p.ready()] == [1, 2]
+        with pytest.raises(RuntimeError, match="backend broke"):
+            p.ready()
+        await p.close()
+
+        async def slow():  # noqa: ANN202
+            yield "a"
+            await asyncio.sleep(10)
+            yield "b"
+
+        p = Pump(slow())
+        assert await p.next(None) == "a"
+        assert p.ready() is None  # never waits
+        await p.close()
+
+    asyncio.run(main())
+

@@ -337,6 +337,7 @@ class Api:
         gw = self.gw
         model, iu = params.model, params.include_usage
         role_sent = False
+        ended = False
         item = first
         try:
             while True:
@@ -348,6 +349,21 @@ class Api:
                     break
                 else:
                     r, c = gen.on_event(item)
+                    # Deltas that piled up while the last chunk was written go out as one chunk: under
+                    # load the chunks per second stay what this process can write, never a backlog.
+                    broken: Exception | None = None
+                    while not gen.stopped:
+                        try:
+                            more = pump.ready()
+                        except Exception as e:  # raised once what came before it is sent
+                            broken = e
+                            break
+                        if more is None or more is END:
+                            if more is END:
+                                ended = True
+                            break
+                        r2, c2 = gen.on_event(more)
+                        r, c = r + r2, c + c2
                     if not role_sent and (r or c):
                         role_sent = True
                         yield R.sse(R.chunk(cid, created, model,
@@ -356,7 +372,9 @@ class Api:
                     if r or c:
                         yield R.sse(R.chunk(cid, created, model, R.delta(r, c),
                                             with_usage_field=iu))
-                    if gen.stopped:
+                    if broken is not None:
+                        raise broken
+                    if gen.stopped or ended:
                         break
                 wait = gw.cfg.keepalive_s if not role_sent else None
                 remaining = max(0.0, deadline - time.monotonic())

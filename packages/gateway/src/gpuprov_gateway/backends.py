@@ -1,9 +1,17 @@
-"""Backends: Triton's generate_stream extension and OpenAI-compatible cloud endpoints."""
+"""Backends: Triton's generate_stream extension and OpenAI-compatible cloud endpoints.
+
+Triton's token stream is read with aiohttp (its C-accelerated HTTP parser): measured on the
+stand-in, reading an SSE event cost about a quarter of the CPU it costs through httpx/httpcore, whose
+per-read timeout scope and pure-Python HTTP parser were a third of the gateway's CPU at 16 streams.
+The cloud endpoints and readiness probes stay on httpx.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import httpx
 
 from gpuprov_gateway.breaker import CircuitBreaker
@@ -22,6 +30,16 @@ def _status_error(resp: httpx.Response, name: str) -> BackendError:
     return BackendError(
         f"{name}: HTTP {resp.status_code}", retryable=retryable, retry_after=retry_after
     )
+
+
+def _aio_status_error(resp: aiohttp.ClientResponse, name: str) -> BackendError:
+    ra = resp.headers.get("retry-after")
+    try:
+        retry_after = float(ra) if ra else None
+    except ValueError:
+        retry_after = None
+    retryable = resp.status == 429 or resp.status >= 500
+    return BackendError(f"{name}: HTTP {resp.status}", retryable=retryable, retry_after=retry_after)
 
 
 class Backend:
@@ -43,11 +61,15 @@ class Backend:
 class TritonBackend(Backend):
     kind = "triton"
 
-    def __init__(self, cfg: TritonConfig, breaker: CircuitBreaker, tier: str) -> None:
+    def __init__(
+        self, cfg: TritonConfig, breaker: CircuitBreaker, tier: str,
+        session: Callable[[], aiohttp.ClientSession],
+    ) -> None:
         super().__init__(cfg.name, breaker)
         self.url = cfg.url
         self.model = cfg.model
         self.tier = tier
+        self.session = session  # the router's, made on first use inside the event loop
 
     def body(self, req: GenRequest) -> dict[str, object]:
         body: dict[str, object] = {
@@ -66,14 +88,19 @@ class TritonBackend(Backend):
     async def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncIterator[Event]:
         url = f"{self.url}/v2/models/{self.model}/generate_stream"
         try:
-            async with client.stream("POST", url, json=self.body(req)) as resp:
-                if resp.status_code != 200:
-                    await resp.aread()
-                    raise _status_error(resp, self.name)
+            async with self.session().post(url, json=self.body(req)) as resp:
+                if resp.status != 200:
+                    await resp.read()
+                    raise _aio_status_error(resp, self.name)
                 usage = Usage()
-                async for payload in data_lines(resp):
-                    chunk = parse_json(payload)
-                    if chunk is None:
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    try:
+                        chunk = json.loads(line[5:])
+                    except ValueError:
+                        chunk = None
+                    if not isinstance(chunk, dict):
                         raise BackendError(f"{self.name}: malformed chunk", retryable=True)
                     if "error" in chunk:
                         raise BackendError(f"{self.name}: {chunk['error']}", retryable=True)
@@ -86,7 +113,7 @@ class TritonBackend(Backend):
                         yield Delta(raw=piece)
                 yield usage
                 yield Finish(None)
-        except httpx.HTTPError as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:  # ValueError: a line over read_bufsize
             raise BackendError(f"{self.name}: {type(e).__name__}: {e}", retryable=True) from e
 
     async def ready(self, client: httpx.AsyncClient) -> bool:

@@ -48,6 +48,18 @@ class Pump:
             raise value
         return value
 
+    def ready(self) -> Any:
+        """An item already queued (the generator's exception re-raised), END, or None when nothing
+        is waiting: never waits, so a reader can merge what piled up while it was writing."""
+        if self._get is not None or self._q.empty():
+            return None
+        kind, value = self._q.get_nowait()
+        if kind == "end":
+            return END
+        if kind == "err":
+            raise value
+        return value
+
     async def close(self) -> None:
         for t in (self._get, self._task):
             if t is not None and not t.done():

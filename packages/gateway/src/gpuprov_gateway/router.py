@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
+import certifi
 import httpx
 
 from gpuprov_gateway.backends import Backend, CloudBackend, TritonBackend
@@ -50,10 +53,13 @@ class Router:
         def br() -> CircuitBreaker:
             return CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
 
+        self._aio: aiohttp.ClientSession | None = None
+        self._aio_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s)
         self.local: TritonBackend | None = (
-            TritonBackend(cfg.local, br(), "local") if cfg.local else None
+            TritonBackend(cfg.local, br(), "local", self.aio) if cfg.local else None
         )
-        self.hosts = [TritonBackend(h, br(), "host") for h in cfg.hosts]
+        self.hosts = [TritonBackend(h, br(), "host", self.aio) for h in cfg.hosts]
         self.cloud = [CloudBackend(c, br()) for c in cfg.cloud]
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.read_timeout_s, connect=cfg.connect_timeout_s),
@@ -63,6 +69,16 @@ class Router:
         for b in self.all():
             metrics.breaker.labels(b.name).set(0)
             metrics.outstanding.labels(b.name).set(0)
+
+    def aio(self) -> aiohttp.ClientSession:
+        """The session for Triton's streams, made on first use (it needs the running loop); TLS
+        trusts the same CAs as httpx (certifi), and no proxy from the environment."""
+        if self._aio is None or self._aio.closed:
+            ssl_ctx = ssl.create_default_context(cafile=certifi.where())
+            self._aio = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, ssl=ssl_ctx),
+                timeout=self._aio_timeout, trust_env=False, read_bufsize=2**20)
+        return self._aio
 
     def all(self) -> list[Backend]:
         return ([self.local] if self.local else []) + list(self.hosts) + list(self.cloud)
@@ -168,3 +184,5 @@ class Router:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self._aio is not None:
+            await self._aio.close()

@@ -1,6 +1,8 @@
 """triton (native) on Debian 12, CPU, serving tiny-deepseek: ready; generate returns text;
 generate_stream streams several chunks; 16 concurrent requests all succeed and are batched;
-nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is followed by a restart and readiness; the unit is hardened and
+nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is followed by a restart and readiness; a killed Python-backend stub
+(Triton stays "ready" while every request fails) is found by the canary and Triton restarted, and a
+Triton stopped on purpose stays stopped; the unit is hardened and
 runs unprivileged; zero changes in check mode. Debian 13 is refused with the numpy message; bad
 input fails before any change."""
 
@@ -136,6 +138,51 @@ def test_killed_server_comes_back(host):
     assert _ready(host, timeout=180)
     assert host.check_output("systemctl show -p MainPID --value gpuprov-triton") != pid
     assert host.check_output("systemctl show -p NRestarts --value gpuprov-triton") != "0"
+
+
+def _main_pid(host):
+    return host.check_output("systemctl show -p MainPID --value gpuprov-triton")
+
+
+def test_a_dead_stub_is_found_by_the_canary_and_triton_restarted(host):
+    """The defect: with the stub killed, Triton still answers ready and every generate fails. The
+    canary (every 10 s here) sees two failed generates 5 s apart and restarts Triton."""
+    assert _ready(host)
+    assert host.service("gpuprov-triton-canary.timer").is_running
+    pid = _main_pid(host)
+    # "[t]riton...": the pattern does not match the shell that runs pkill (its command line holds "[t]")
+    assert host.run("pkill -KILL -f '[t]riton_python_backend_stub'").rc == 0
+    time.sleep(1)
+    [(status, body, _)] = _post(host, "generate", {"text_input": "hello", "max_tokens": 2})
+    restarted = _main_pid(host) != pid
+    assert status != 200 or restarted, body  # failing, unless the canary was already at work
+    deadline = time.monotonic() + 240
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        time.sleep(3)
+        if _main_pid(host) != pid and _ready(host, timeout=5):
+            [(status, _, _)] = _post(host, "generate", {"text_input": "hello", "max_tokens": 2})
+            ok = status == 200
+    assert ok, "Triton was not restarted and serving within 240 s of the stub's death"
+    journal = host.check_output("journalctl -u gpuprov-triton-canary.service --no-pager -o cat")
+    assert "fails every request; restarting it" in journal
+    assert host.service("gpuprov-triton-canary.timer").is_running  # started again with Triton
+
+
+def test_a_triton_stopped_on_purpose_stays_stopped(host):
+    """The timer is bound to Triton: stopping Triton stops it, so nothing restarts a server that an
+    operator (or the lab's alert test) stopped."""
+    assert _ready(host)
+    host.check_output("systemctl stop gpuprov-triton")
+    try:
+        assert not host.service("gpuprov-triton-canary.timer").is_running
+        time.sleep(25)  # two and a half canary periods
+        # nothing started it again ("failed" when tritonserver's exit at the stop was not clean)
+        assert host.check_output("systemctl is-active gpuprov-triton || true") in ("inactive", "failed")
+    finally:
+        host.check_output("systemctl start gpuprov-triton")
+    assert _ready(host)
+    assert host.service("gpuprov-triton-canary.timer").is_running
 
 
 def test_a_zero_changes_in_check_mode():
