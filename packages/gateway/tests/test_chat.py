@@ -192,6 +192,9 @@ def test_a_long_fast_stream_arrives_whole_and_in_order(gateway):
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
                         for c in chunks)
+    # No chunk carries both (DeepSeek's streaming example reads content only without reasoning).
+    assert not [c for c in chunks if c.choices[0].delta.content
+                and (c.choices[0].delta.model_extra or {}).get("reasoning_content")]
     # the rendered prompt opens <think>: 10 pieces of reasoning and its end, 5 of the answer, 49 fillers
     assert content == "The answer is 42." + "".join(f" w{i}" for i in range(64 - 10 - 5))
     assert reasoning == "Let me think about it."

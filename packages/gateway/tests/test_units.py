@@ -169,3 +169,12 @@ def test_pump_ready_hands_over_what_piled_up_without_waiting():
 
     asyncio.run(main())
 
+
+
+def test_reasoning_and_content_never_share_a_chunk():
+    from gpuprov_gateway.app import _deltas
+
+    assert _deltas("why", "answer") == [{"reasoning_content": "why"}, {"content": "answer"}]
+    assert _deltas("", "answer") == [{"content": "answer"}]
+    assert _deltas("why", "") == [{"reasoning_content": "why"}]
+    assert _deltas("", "") == []

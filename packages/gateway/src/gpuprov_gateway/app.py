@@ -369,9 +369,8 @@ class Api:
                         yield R.sse(R.chunk(cid, created, model,
                                             {"role": "assistant", "content": ""},
                                             with_usage_field=iu))
-                    if r or c:
-                        yield R.sse(R.chunk(cid, created, model, R.delta(r, c),
-                                            with_usage_field=iu))
+                    for d in _deltas(r, c):
+                        yield R.sse(R.chunk(cid, created, model, d, with_usage_field=iu))
                     if broken is not None:
                         raise broken
                     if gen.stopped or ended:
@@ -382,8 +381,8 @@ class Api:
                 if item is TIMEOUT and role_sent:
                     raise DeadlineExceeded("request deadline exceeded")
             r, c = gen.close()
-            if r or c:
-                yield R.sse(R.chunk(cid, created, model, R.delta(r, c), with_usage_field=iu))
+            for d in _deltas(r, c):
+                yield R.sse(R.chunk(cid, created, model, d, with_usage_field=iu))
             usage = gen.usage_dict()
             ctx.prompt_tokens = usage["prompt_tokens"]
             ctx.completion_tokens = usage["completion_tokens"]
@@ -475,6 +474,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return APIError(500, "internal error", type_="server_error", code="internal_error").response()
+
+
+def _deltas(reasoning: str, content: str) -> list[dict[str, Any]]:
+    """A chunk carries reasoning or content, never both: DeepSeek's own streaming example reads a
+    chunk's content only when it has no reasoning_content, so the answer's first words would be lost
+    where the end of the reasoning and the start of the answer shared a chunk."""
+    return [R.delta(r, c) for r, c in ((reasoning, ""), ("", content)) if r or c]
 
 
 def build_app(gw: Gateway) -> Starlette:

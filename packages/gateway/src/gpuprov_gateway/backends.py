@@ -9,7 +9,7 @@ The cloud endpoints and readiness probes stay on httpx.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 import httpx
@@ -20,26 +20,15 @@ from gpuprov_gateway.events import BackendError, Delta, Event, Finish, GenReques
 from gpuprov_gateway.sse import data_lines, parse_json
 
 
-def _status_error(resp: httpx.Response, name: str) -> BackendError:
-    ra = resp.headers.get("retry-after")
+def _status_error(status: int, headers: Mapping[str, str], name: str) -> BackendError:
+    """A backend's non-200 answer: 429 and 5xx may be retried (after Retry-After, when given)."""
+    ra = headers.get("retry-after")
     try:
         retry_after = float(ra) if ra else None
     except ValueError:
         retry_after = None
-    retryable = resp.status_code == 429 or resp.status_code >= 500
-    return BackendError(
-        f"{name}: HTTP {resp.status_code}", retryable=retryable, retry_after=retry_after
-    )
-
-
-def _aio_status_error(resp: aiohttp.ClientResponse, name: str) -> BackendError:
-    ra = resp.headers.get("retry-after")
-    try:
-        retry_after = float(ra) if ra else None
-    except ValueError:
-        retry_after = None
-    retryable = resp.status == 429 or resp.status >= 500
-    return BackendError(f"{name}: HTTP {resp.status}", retryable=retryable, retry_after=retry_after)
+    retryable = status == 429 or status >= 500
+    return BackendError(f"{name}: HTTP {status}", retryable=retryable, retry_after=retry_after)
 
 
 class Backend:
@@ -91,7 +80,7 @@ class TritonBackend(Backend):
             async with self.session().post(url, json=self.body(req)) as resp:
                 if resp.status != 200:
                     await resp.read()
-                    raise _aio_status_error(resp, self.name)
+                    raise _status_error(resp.status, resp.headers, self.name)
                 usage = Usage()
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
@@ -162,7 +151,7 @@ class CloudBackend(Backend):
             async with client.stream("POST", url, json=self.body(req), headers=headers) as resp:
                 if resp.status_code != 200:
                     await resp.aread()
-                    raise _status_error(resp, self.name)
+                    raise _status_error(resp.status_code, resp.headers, self.name)
                 finish: str | None = None
                 usage = Usage()
                 async for payload in data_lines(resp):

@@ -54,8 +54,12 @@ class Router:
             return CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
 
         self._aio: aiohttp.ClientSession | None = None
+        # connect: waiting for a free pooled connection plus connecting (httpx's pool timeout was the
+        # read timeout); sock_connect: the TCP connect alone; sock_read: between two reads.
         self._aio_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s)
+            total=None, connect=cfg.read_timeout_s, sock_connect=cfg.connect_timeout_s,
+            sock_read=cfg.read_timeout_s)
+        self._closed = False
         self.local: TritonBackend | None = (
             TritonBackend(cfg.local, br(), "local", self.aio) if cfg.local else None
         )
@@ -73,6 +77,8 @@ class Router:
     def aio(self) -> aiohttp.ClientSession:
         """The session for Triton's streams, made on first use (it needs the running loop); TLS
         trusts the same CAs as httpx (certifi), and no proxy from the environment."""
+        if self._closed:
+            raise BackendError("the gateway is shutting down", retryable=False)
         if self._aio is None or self._aio.closed:
             ssl_ctx = ssl.create_default_context(cafile=certifi.where())
             self._aio = aiohttp.ClientSession(
@@ -183,6 +189,7 @@ class Router:
         return False
 
     async def close(self) -> None:
+        self._closed = True
         await self.client.aclose()
         if self._aio is not None:
             await self._aio.close()
