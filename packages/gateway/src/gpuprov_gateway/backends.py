@@ -8,7 +8,6 @@ The cloud endpoints and readiness probes stay on httpx.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
@@ -85,11 +84,8 @@ class TritonBackend(Backend):
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
                         continue
-                    try:
-                        chunk = json.loads(line[5:])
-                    except ValueError:
-                        chunk = None
-                    if not isinstance(chunk, dict):
+                    chunk = parse_json(line[5:])
+                    if chunk is None:
                         raise BackendError(f"{self.name}: malformed chunk", retryable=True)
                     if "error" in chunk:
                         raise BackendError(f"{self.name}: {chunk['error']}", retryable=True)

@@ -42,23 +42,14 @@ class Pump:
                 return TIMEOUT
             kind, value = self._get.result()
             self._get = None
-        if kind == "end":
-            return END
-        if kind == "err":
-            raise value
-        return value
+        return _unwrap(kind, value)
 
     def ready(self) -> Any:
         """An item already queued (the generator's exception re-raised), END, or None when nothing
         is waiting: never waits, so a reader can merge what piled up while it was writing."""
         if self._get is not None or self._q.empty():
             return None
-        kind, value = self._q.get_nowait()
-        if kind == "end":
-            return END
-        if kind == "err":
-            raise value
-        return value
+        return _unwrap(*self._q.get_nowait())
 
     async def close(self) -> None:
         for t in (self._get, self._task):
@@ -67,3 +58,12 @@ class Pump:
         await asyncio.gather(
             *(t for t in (self._get, self._task) if t is not None), return_exceptions=True
         )
+
+
+def _unwrap(kind: str, value: Any) -> Any:
+    """A queue entry as the reader gets it: END, the item, or the generator's exception raised."""
+    if kind == "end":
+        return END
+    if kind == "err":
+        raise value
+    return value

@@ -16,7 +16,7 @@ async def data_lines(resp: httpx.Response) -> AsyncIterator[str]:
             yield line[5:].strip()
 
 
-def parse_json(payload: str) -> dict[str, Any] | None:
+def parse_json(payload: str | bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(payload)
     except ValueError:
