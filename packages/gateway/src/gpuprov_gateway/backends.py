@@ -1,7 +1,7 @@
 """Backends: Triton's generate_stream extension and OpenAI-compatible cloud endpoints.
 
 Triton's token stream is read with aiohttp (its C-accelerated HTTP parser): measured on the
-stand-in, reading an SSE event cost about a quarter of the CPU it costs through httpx/httpcore, whose
+stand-in, reading an SSE event cost under a third of the CPU it costs through httpx/httpcore, whose
 per-read timeout scope and pure-Python HTTP parser were a third of the gateway's CPU at 16 streams.
 The cloud endpoints and readiness probes stay on httpx.
 """
