@@ -119,6 +119,11 @@ def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(tmp_path):
     assert "--volume /var/lib/gpuprov/triton/models:/var/lib/gpuprov/triton/models:ro" in start
     assert unit["Unit"]["Requires"] == "docker.service"
     assert unit["Service"]["Restart"] == "on-failure"
+    # Triton's administrative APIs need the root-only key, which the unit reads from its file.
+    apis = "logging,trace,model-repository,model-config,shared-memory,statistics"
+    assert f"--http-restricted-api={apis}:gpuprov-admin=${{TRITON_ADMIN_KEY}}" in start
+    assert f"--grpc-restricted-protocol={apis}:gpuprov-admin=${{TRITON_ADMIN_KEY}}" in start
+    assert unit["Service"]["EnvironmentFile"] == "/etc/gpuprov/triton-admin.env"
 
 
 @pytest.mark.parametrize("gpu, checkpoint, extra, words", [

@@ -3,7 +3,8 @@ generate_stream streams several chunks; 16 concurrent requests all succeed and a
 nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is followed by a restart and readiness; a killed Python-backend stub
 (Triton stays "ready" while every request fails) is found by the canary and Triton restarted, and a
 Triton stopped on purpose stays stopped; the unit is hardened and
-runs unprivileged; zero changes in check mode. Debian 13 is refused with the numpy message; bad
+runs unprivileged; Triton's administrative APIs answer 403 without the root-only key; zero changes
+in check mode. Debian 13 is refused with the numpy message; bad
 input fails before any change."""
 
 import json
@@ -72,6 +73,54 @@ def test_listens_where_configured(host):
     assert not host.socket("tcp://0.0.0.0:8000").is_listening
 
 
+ADMIN = r"""
+import json, sys, urllib.error, urllib.request
+method, path, header = sys.argv[1], sys.argv[2], sys.argv[3:]
+req = urllib.request.Request("http://127.0.0.1:8000" + path, method=method,
+                             data=b'{"log_verbose_level": 1}' if method == "POST" else None)
+if header:
+    req.add_header(header[0], header[1])
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(json.dumps([r.status, r.read().decode()]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+"""
+
+
+def _admin_call(host, method, path, key=None):
+    args = [method, path] + (["gpuprov-admin", key] if key else [])
+    return json.loads(host.check_output("python3 -c %s" + " %s" * len(args), ADMIN, *args))
+
+
+def _admin_key(host) -> str:
+    return host.file("/etc/gpuprov/triton-admin.env").content_string.strip().split("=", 1)[1]
+
+
+def test_tritons_own_apis_need_the_administrators_key(host):
+    """Logging, trace, statistics, model configuration and repository, shared memory: refused
+    without the header and key (Triton's restricted-API options), also from root on the host;
+    with the root-only key they answer. Health and inference stay open to the gateway."""
+    key_file = host.file("/etc/gpuprov/triton-admin.env")
+    assert key_file.user == "root" and key_file.mode == 0o600
+    key = _admin_key(host)
+    assert re.fullmatch(r"[0-9a-fA-F]{64}", key)
+    unit = host.file("/etc/systemd/system/gpuprov-triton.service").content_string
+    assert key not in unit and "EnvironmentFile=/etc/gpuprov/triton-admin.env" in unit
+    for method, path in (("POST", "/v2/logging"), ("GET", "/v2/logging"), ("GET", "/v2/trace/setting"),
+                         ("GET", "/v2/models/stats"), ("GET", "/v2/models/deepseek/config"),
+                         ("POST", "/v2/repository/index"), ("GET", "/v2/systemsharedmemory/status")):
+        status, body = _admin_call(host, method, path)
+        assert status == 403 and "gpuprov-admin" in body, (method, path, status, body)
+        status, body = _admin_call(host, method, path, key="0" * 64)
+        assert status == 403, (method, path, status, body)
+    status, body = _admin_call(host, "GET", "/v2/logging", key=key)
+    assert status == 200 and json.loads(body)["log_verbose_level"] == 0, body
+    assert _admin_call(host, "GET", "/v2/models/stats", key=key)[0] == 200
+    assert _admin_call(host, "GET", "/v2/health/ready")[0] == 200
+    assert _post(host, "generate", {"text_input": "hello", "max_tokens": 2})[0][0] == 200
+
+
 def test_generate_returns_text(host):
     [(status, body, seconds)] = _post(host, "generate", {"text_input": "What is Triton?", "max_tokens": 32})
     assert status == 200
@@ -98,8 +147,10 @@ def test_stop_words_and_limits(host):
 def test_sixteen_concurrent_requests_are_batched(host):
     results = _post(host, "generate", {"text_input": "question {i}", "max_tokens": 16}, n=16)
     assert [s for s, _, _ in results] == [200] * 16
-    stats = json.loads(host.check_output("python3 -c %s", "import urllib.request as u; print(u.urlopen('"
-                                         + API + "/stats').read().decode())"))["model_stats"][0]
+    # Triton's statistics are an administrator's API: read with the root-only key.
+    status, body = _admin_call(host, "GET", "/v2/models/deepseek/stats", key=_admin_key(host))
+    assert status == 200, body
+    stats = json.loads(body)["model_stats"][0]
     sizes = [b["batch_size"] for b in stats["batch_stats"]]
     assert max(sizes) > 1, stats["batch_stats"]
 
