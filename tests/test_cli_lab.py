@@ -239,6 +239,60 @@ def test_the_openai_sdk_works_against_the_lab(lab, docker_client):
     assert one.usage.completion_tokens == 1 and one.choices[0].finish_reason == "length"
 
 
+def _chat(docker_client, key: str, content: str, **extra) -> tuple[int, dict, dict]:
+    """One non-streaming chat completion through the front: status, headers (lower-case), body."""
+    body = json.dumps({"model": "deepseek-chat", "max_tokens": 8, "temperature": 0,
+                       "messages": [{"role": "user", "content": content}], **extra}).encode()
+    req = urllib.request.Request(f"https://{_front(docker_client)}/v1/chat/completions", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=_tls_context(), timeout=120) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read())
+
+
+GATEWAY_CLI = "/opt/gpuprov/gateway/venv/bin/gpuprov-gateway"
+AUDIT_DIR = "/var/log/gpuprov-gateway"
+
+
+def test_the_cache_and_the_audit_log_in_front_of_the_real_triton(lab, docker_client):
+    """A repeated temperature-0 request is answered from the cache (the same answer, header `hit`),
+    the same request with another key is not (no answer crosses keys); the audit log on the host
+    has a line for each with the key's id and never the key or the prompt, its hash chain verifies,
+    and a copy with one edited line is found broken at that line."""
+    prompt = f"Cache me {time.time_ns()}"
+    first = _chat(docker_client, USER_KEY, prompt)
+    again = _chat(docker_client, USER_KEY, prompt)
+    other = _chat(docker_client, CHAT_ONLY_KEY, prompt)
+    assert [r[0] for r in (first, again, other)] == [200, 200, 200]
+    assert [r[1]["x-cache"] for r in (first, again, other)] == ["miss", "hit", "miss"]
+    assert again[2]["choices"][0]["message"] == first[2]["choices"][0]["message"]
+    # Which backend answered: the local Triton for the first, none for the cached one.
+    assert first[1].get("x-backend") and "x-backend" not in again[1]
+    ids = [r[1]["x-request-id"] for r in (first, again, other)]
+
+    gpu = docker_client.containers.get(HOST)
+    rc, out = _sh(gpu, f"cat {AUDIT_DIR}/audit-*.jsonl")
+    assert rc == 0, out
+    lines = {json.loads(ln)["request_id"]: json.loads(ln) for ln in out.splitlines() if ln.strip()}
+    assert all(i in lines for i in ids), ids
+    assert [lines[i]["key_id"] for i in ids] == ["lab-user", "lab-user", "lab-chat-only"]
+    assert [lines[i]["cache_hit"] for i in ids] == [False, True, False]
+    assert [lines[i]["backend"] for i in ids] == [first[1]["x-backend"], "cache", other[1]["x-backend"]]
+    assert all(lines[i]["status"] == 200 and lines[i]["model"] for i in ids)
+    assert USER_KEY not in out and CHAT_ONLY_KEY not in out and prompt not in out
+    rc, out = _sh(gpu, f"stat -c '%a' {AUDIT_DIR}/audit-*.jsonl")
+    assert rc == 0 and set(out.split()) == {"640"}, out
+    rc, out = _sh(gpu, f"{GATEWAY_CLI} audit-verify {AUDIT_DIR}")
+    assert rc == 0 and "audit log OK" in out, out
+    # One edited line in a copy (the live log stays as it is): the check names where it breaks.
+    rc, out = _sh(gpu, f"rm -rf /tmp/audit-copy && cp -a {AUDIT_DIR} /tmp/audit-copy && "
+                       f"sed -i 's/\"lab-chat-only\"/\"lab-admin\"/' /tmp/audit-copy/audit-*.jsonl && "
+                       f"{GATEWAY_CLI} audit-verify /tmp/audit-copy; rc=$?; rm -rf /tmp/audit-copy; exit $rc")
+    assert rc == 1 and "audit log BROKEN at" in out, out
+
+
 def test_the_gateway_refuses_without_a_key_and_outside_a_keys_models(lab, docker_client):
     import openai
 
@@ -282,7 +336,7 @@ def test_a_10_mb_body_is_refused_at_the_front_and_the_gateway_keeps_serving(lab,
 
 def test_tritons_own_routes_are_refused_at_the_front(lab, docker_client):
     """Clients reach /v1/ and Triton's readiness only: its statistics, configuration, shared memory,
-    logging and generate routes answer 403 at the front (Triton itself would answer 200)."""
+    logging and generate routes answer 403 at the front (on the host, Triton's administrative ones also need its administrator's key)."""
     front, ctx = _front(docker_client), _tls_context()
 
     def status(path: str, method: str = "GET", body: bytes | None = None) -> int:
@@ -473,9 +527,10 @@ def _firing(mon, since: float = 0.0) -> list[str]:
 
 
 def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_client):
-    """The last lab test (it leaves an alert that takes a while to resolve): Triton stopped,
-    Prometheus fires TritonNotReady (the lab's default windows: 15 s scrapes, 60 s), and
-    `gpuprov verify` on the monitoring host reports it (the alert's summary)."""
+    """The last lab test (it leaves alerts that take a while to resolve): Triton stopped, the API
+    answers 503 with Retry-After, Prometheus fires TritonNotReady and GatewayBackendUnavailable (the
+    lab's default windows: 15 s scrapes, 60 s), and `gpuprov verify` on the monitoring host reports
+    it (the alert's summary)."""
     gpu, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
     # Only an alert that became active after the stop counts: the verify test before this one
     # stopped nginx, which Prometheus may have seen as Triton not ready, so first wait until no
@@ -487,11 +542,21 @@ def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_clie
     stopped = time.time() - 2
     assert _sh(gpu, "systemctl stop gpuprov-triton")[0] == 0
     try:
-        deadline, firing = time.time() + 240, []
-        while time.time() < deadline and "TritonNotReady" not in firing:
+        # The API while nothing can serve (the cloud fallback is off): 503 with Retry-After and an
+        # error in OpenAI's shape, never an answer; the second failure opens the gateway's breaker
+        # for the local Triton, and with no request after it the breaker stays open.
+        for n in range(2):
+            status, headers, body = _chat(docker_client, USER_KEY, f"Anyone there? {n} {time.time_ns()}")
+            assert status == 503 and int(headers["retry-after"]) >= 1, (status, headers, body)
+            assert body["error"]["code"] == "no_backend" and "choices" not in body, body
+        # Prometheus fires the seed's not-ready alert and the gateway's open-breaker alert (the
+        # lab's default windows: 15 s scrapes, 60 s).
+        want = {"TritonNotReady", "GatewayBackendUnavailable"}
+        deadline, firing = time.time() + 300, []
+        while time.time() < deadline and not want <= set(firing):
             time.sleep(5)
             firing = _firing(mon, since=stopped)
-        assert "TritonNotReady" in firing
+        assert want <= set(firing), firing
         out = run_gpuprov("verify", "--limit", MON, timeout=600)
         assert out.returncode == 1, out.stdout[-3000:]
         result, found = verify_rows(out.stdout)[(MON, "Prometheus: no alert firing")]

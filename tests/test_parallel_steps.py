@@ -47,8 +47,10 @@ def test_scenarios_that_reuse_the_shared_platforms_conflict_and_one_with_its_own
         return set(subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
                    .strip().split(","))
 
-    base, triton = res("roles/base/molecule/default"), res("roles/triton/molecule/default")
-    gateway = res("roles/gateway/molecule/default")
-    assert "container:gpuprov-debian12" in base & triton
+    cuda, triton = res("roles/cuda/molecule/default"), res("roles/triton/molecule/default")
+    gateway, base = res("roles/gateway/molecule/default"), res("roles/base/molecule/default")
+    assert "container:gpuprov-debian12" in cuda & triton
     assert "container:gpuprov-gateway-debian12" in gateway
-    assert not gateway & base, "a scenario with platforms of its own would wait for the shared ones"
+    assert "container:gpuprov-base-debian12" in base
+    assert not gateway & cuda, "a scenario with platforms of its own would wait for the shared ones"
+    assert not base & triton and not base & gateway
