@@ -240,16 +240,24 @@ def test_the_openai_sdk_works_against_the_lab(lab, docker_client):
 
 
 def _chat(docker_client, key: str, content: str, **extra) -> tuple[int, dict, dict]:
-    """One non-streaming chat completion through the front: status, headers (lower-case), body."""
+    """One non-streaming chat completion through the front: status, headers (lower-case), body. A
+    429 (the key's bucket, which the tests before may have emptied) is waited out as its
+    Retry-After says, as a client does."""
     body = json.dumps({"model": "deepseek-chat", "max_tokens": 8, "temperature": 0,
                        "messages": [{"role": "user", "content": content}], **extra}).encode()
-    req = urllib.request.Request(f"https://{_front(docker_client)}/v1/chat/completions", data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, context=_tls_context(), timeout=120) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read())
+    for _ in range(30):
+        req = urllib.request.Request(f"https://{_front(docker_client)}/v1/chat/completions", data=body,
+                                     method="POST", headers={"Authorization": f"Bearer {key}",
+                                                             "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=_tls_context(), timeout=120) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            headers = {k.lower(): v for k, v in e.headers.items()}
+            if e.code != 429:
+                return e.code, headers, json.loads(e.read())
+            time.sleep(float(headers.get("retry-after", "1")))
+    raise AssertionError("still 429 after 30 waits for the key's bucket")
 
 
 GATEWAY_CLI = "/opt/gpuprov/gateway/venv/bin/gpuprov-gateway"
