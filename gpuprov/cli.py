@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from gpuprov import __version__, display, paths
 
@@ -12,13 +14,17 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CHANGES = 2
 EXIT_USAGE = 64
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again when the other run ends
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
 
 EPILOG = """\
 exit codes:
   0   success (check: no changes; verify: every check passed)
   1   a task or a verify check failed, a host was unreachable, or the command could not run
-  2   check: changes found (the hosts have drifted from the repository)
+  2   check, drift: changes found (the hosts have drifted from the repository)
   64  bad command-line usage
+  75  another run holds this inventory's lock (it is named; --wait-lock waits for it)
+  130 interrupted (Ctrl-C or SIGTERM): Ansible stopped part-way; apply again to converge
 
 Every run keeps its ansible-runner artifacts and a summary.json under
 .gpuprov/runs/<UTC time>-<command>/.
@@ -35,6 +41,12 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--inventory", action="append", default=[],
                    help="inventory path (repeatable); default: the lab inventory")
     p.add_argument("-l", "--limit", help="limit to these hosts or groups")
+    _add_lock_arg(p)
+
+
+def _add_lock_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait-lock", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run on the same inventory to end (default: exit 75 at once)")
 
 
 def _add_play_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_play_args(p)
     p = sub.add_parser("check", help="dry run (--check --diff): list what would change per host")
     _add_play_args(p)
+    p = sub.add_parser("drift", help="check mode over the fleet: compliant/drifted/failed/unreachable per host, "
+                                      "with diffs and since when (table, JSON, JUnit XML, Markdown)")
+    _add_play_args(p)
+    p.add_argument("--format", choices=("table", "json", "junit", "markdown"), default="table",
+                   help="report format (default: table)")
+    p.add_argument("-o", "--output", help="write the report to this file (default: standard output)")
+    p = sub.add_parser("fix", help="apply to the drifted hosts only, in batches, then drift again (before/after)")
+    _add_play_args(p)
+    p.add_argument("--from-last", action="store_true",
+                   help="the drifted hosts of the inventory's last drift report, not a fresh drift run")
+    p.add_argument("--batch-size", default="100%",
+                   help="hosts per batch: N or P%% of the drifted hosts (default 100%%)")
+    p.add_argument("--max-fail-percentage", type=float, default=0.0,
+                   help="stop before the next batch once more than this share of the hosts failed (default 0)")
     p = sub.add_parser("verify", help="read-only checks of converged hosts: a pass/FAIL/skip table per host")
     _add_target_args(p)
     p.add_argument("-e", "--extra-vars", action="append", default=[],
@@ -77,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--os", default="debian12", choices=["debian12", "debian13"])
     up.add_argument("--hosts", type=int, default=1, help="number of GPU-server containers")
     up.add_argument("--no-apply", action="store_true", help="start the containers only")
+    _add_lock_arg(up)
     lab_sub.add_parser("down", help="remove the lab containers and their inventory")
     lab_sub.add_parser("status", help="list the lab containers")
     return parser
@@ -121,6 +148,28 @@ def _print_run_error(result) -> None:
               f"see {result.run_dir}/artifacts/run/stdout", file=sys.stderr)
 
 
+def _interrupted(result) -> int:
+    print(f"gpuprov: interrupted ({result.interrupted}): Ansible stopped part-way; the hosts may be between "
+          "two states: run apply again to converge them", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def locked(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run `fn` holding the inventory's lock: one run at a time per inventory on this controller."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gpuprov.lock import LockHeld, inventory_lock
+
+        try:
+            with inventory_lock(list(getattr(args, "inventory", [])), command, args.wait_lock):
+                return fn(args)
+        except LockHeld as exc:
+            print(f"gpuprov: {exc}; try again when it ends, or pass --wait-lock SECONDS", file=sys.stderr)
+            return EXIT_LOCKED
+
+    return run
+
+
 def run_play(args: argparse.Namespace, check: bool) -> int:
     from gpuprov import runner, tasks
 
@@ -149,12 +198,107 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
         if not by_host and not result.failed:
             print("\nno changes: the hosts match the repository")
     print(f"\nartifacts: {result.run_dir}")
+    if result.interrupted:
+        return _interrupted(result)
     if result.failed:
         _print_run_error(result)
         return EXIT_FAILED
     if check and result.tracker.changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    from gpuprov import drift
+
+    missing = _inventory_missing(args.inventory)
+    if missing:
+        print(f"gpuprov: {missing}", file=sys.stderr)
+        return EXIT_FAILED
+    result, report = _drift_report(args, args.limit)
+    if result.interrupted:
+        return _interrupted(result)
+    if report is None:
+        _print_run_error(result)
+        return EXIT_FAILED
+    text = drift.RENDER[args.format](report)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"drift report: {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    print(f"artifacts: {result.run_dir}", file=sys.stderr)
+    return report.exit_code()
+
+
+def _drift_report(args: argparse.Namespace, limit: str | None):
+    """A check-mode run (progress on standard error) and its drift report (None when the run broke
+    off or reached no host)."""
+    from gpuprov import drift, runner
+
+    req = _play_request(args, check=True)
+    req.command, req.limit = "drift", limit
+    result = runner.run(req, on_event=display.Progress(stream=sys.stderr))
+    if result.interrupted or not result.recaps:
+        return result, None
+    return result, drift.build(result, list(args.inventory))
+
+
+def run_fix(args: argparse.Namespace) -> int:
+    from gpuprov import drift, fix, runner
+
+    missing = _inventory_missing(args.inventory)
+    if missing:
+        print(f"gpuprov: {missing}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.from_last:
+        history = drift.read_history(drift.history_path(list(args.inventory)))
+        if not history:
+            print("gpuprov: no drift report for this inventory yet: run `gpuprov drift` (or fix without --from-last)",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        before = dict(history[-1]["hosts"])
+    else:
+        result, report = _drift_report(args, args.limit)
+        if report is None:
+            return _interrupted(result) if result.interrupted else EXIT_FAILED
+        before = {h.host: h.status for h in report.hosts}
+    drifted = sorted(h for h, s in before.items() if s == drift.DRIFTED)
+    if not drifted:
+        print("nothing drifted: nothing to fix")
+        return EXIT_OK if all(s == drift.COMPLIANT for s in before.values()) else EXIT_FAILED
+    try:
+        size = fix.batch_size(args.batch_size, len(drifted))
+    except ValueError as exc:
+        print(f"gpuprov: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rollout = fix.Rollout(args.max_fail_percentage, len(drifted))
+    for n, batch in enumerate(fix.batches(drifted, size), 1):
+        if rollout.over_limit():
+            rollout.skipped += batch
+            continue
+        print(f"fix: batch {n}: {', '.join(batch)}", file=sys.stderr)
+        req = _play_request(args, check=False)
+        req.command, req.limit = "fix", ",".join(batch)
+        result = runner.run(req, on_event=display.Progress(stream=sys.stderr))
+        if result.interrupted:
+            return _interrupted(result)
+        bad = {r.host for r in result.recaps if r.failed or r.unreachable}
+        if result.failed and not result.recaps:  # the run broke before any host's recap
+            bad = set(batch)
+        rollout.applied += [h for h in batch if h not in bad]
+        rollout.failed += sorted(bad & set(batch))
+    _, after_report = _drift_report(args, ",".join(drifted))
+    after = {h.host: h.status for h in after_report.hosts} if after_report else {}
+    rows = [(h, before[h], "applied" if h in rollout.applied else "FAILED" if h in rollout.failed else "not applied",
+             after.get(h, "?")) for h in drifted]
+    print(display.table(("host", "before", "fix", "after"), rows))
+    if rollout.skipped:
+        print(f"stopped: {len(rollout.failed)} of {len(drifted)} host(s) failed (over --max-fail-percentage "
+              f"{args.max_fail_percentage:g}); not applied: {', '.join(rollout.skipped)}")
+    if rollout.failed or any(after.get(h) in (drift.FAILED, drift.UNREACHABLE, None) for h in drifted):
+        return EXIT_FAILED
+    return EXIT_CHANGES if any(after.get(h) == drift.DRIFTED for h in drifted) else EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -179,6 +323,8 @@ def run_verify(args: argparse.Namespace) -> int:
     counts = {r: sum(1 for c in collector.checks if c.result == r) for r in (verify.PASS, verify.FAIL, verify.SKIP)}
     print(f"\n{counts[verify.PASS]} passed, {counts[verify.FAIL]} failed, {counts[verify.SKIP]} not applicable")
     print(f"artifacts: {result.run_dir}")
+    if result.interrupted:
+        return _interrupted(result)
     if result.failed:
         _print_run_error(result)
         return EXIT_FAILED
@@ -221,7 +367,7 @@ def run_lab(args: argparse.Namespace) -> int:
         if args.no_apply:
             return EXIT_OK
         apply_args = build_parser().parse_args(["apply"])
-        return run_play(apply_args, check=False)
+        return run_play(apply_args, check=False)  # under lab up's lock
     if args.lab_command == "down":
         removed = lab.down()
         print(f"lab down: removed {', '.join(removed) or 'nothing'}")
@@ -234,14 +380,39 @@ def run_lab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "apply": locked("apply", lambda a: run_play(a, check=False)),
+    "check": locked("check", lambda a: run_play(a, check=True)),
+    "drift": locked("drift", run_drift),
+    "fix": locked("fix", run_fix),
+    "verify": locked("verify", run_verify),
+    "facts": locked("facts", run_facts),
+}
+
+
+def _lab(args: argparse.Namespace) -> int:
+    # lab up applies site.yml to the lab inventory: it holds that inventory's lock like apply does.
+    if args.lab_command == "up":
+        return locked("lab up", run_lab)(args)
+    return run_lab(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "apply":
-        return run_play(args, check=False)
-    if args.command == "check":
-        return run_play(args, check=True)
-    if args.command == "verify":
-        return run_verify(args)
-    if args.command == "facts":
-        return run_facts(args)
-    return run_lab(args)
+    try:
+        return COMMANDS.get(args.command, _lab)(args)
+    except KeyboardInterrupt:  # outside a playbook run (a run turns the signal into "interrupted" itself)
+        print("gpuprov: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except subprocess.CalledProcessError as exc:
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd))
+        print(f"gpuprov: {cmd} exited {exc.returncode} (its output is above)", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, TimeoutError) as exc:  # a missing program, Docker's socket, a container that hung
+        print(f"gpuprov: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # Docker's API errors and the like: one line, never a traceback
+        if type(exc).__module__.startswith("docker"):
+            print(f"gpuprov: Docker: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise

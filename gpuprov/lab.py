@@ -1,7 +1,8 @@
 """The local lab: systemd containers from the gpuprov Debian images, managed with the Docker SDK.
 
 `up` starts them (building the images first when their recipe changed): the GPU hosts and one
-monitoring host, waits until systemd is running in each, and writes `inventories/lab/hosts.yml`; `down` removes them; `status` lists them.
+monitoring host, waits until systemd is running in each, and writes `inventories/lab/hosts.yml`;
+`down` removes them; `status` lists them.
 Containers get the capability set that runs systemd here without `privileged`.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import docker
 import yaml

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from datetime import datetime, timezone
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -22,9 +25,28 @@ def lab_inventory_dir() -> Path:
     return repo_root() / "inventories" / "lab"
 
 
+def inventory_key(inventories: Sequence[str]) -> str:
+    """A name for what one set of inventories holds on this controller (its lock, its fact cache):
+    `lab` for the lab (no -i, ansible.cfg's default), else the first inventory's name and a hash of
+    every inventory's resolved path, so two inventories never share one."""
+    lab = lab_inventory_dir().resolve()
+    resolved = [Path(i).resolve() for i in inventories]
+    if not resolved or all(p in (lab, lab / "hosts.yml") for p in resolved):
+        return "lab"
+    first = resolved[0]
+    name = first.name if first.is_dir() else first.parent.name if first.stem in ("hosts", "inventory") else first.stem
+    digest = hashlib.sha256("\n".join(sorted(map(str, resolved))).encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'inventory'}-{digest}"
+
+
+def fact_cache_dir(inventories: Sequence[str]) -> Path:
+    """The jsonfile fact cache of these inventories, kept across runs (ansible.cfg's timeout)."""
+    return state_dir() / "facts" / inventory_key(inventories)
+
+
 def new_run_dir(command: str, now: datetime | None = None) -> Path:
     """A fresh `.gpuprov/runs/<UTC time>-<command>/` directory for one run's artifacts."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
     path = state_dir() / "runs" / f"{stamp}-{command}"
     path.mkdir(parents=True, exist_ok=False)

@@ -13,15 +13,17 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ansible_runner
 
 from gpuprov import paths
 from gpuprov.events import RunTracker
+from gpuprov.interrupt import forward_interrupts
 
 REDACTED = "<redacted>"
 STATS_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
@@ -66,10 +68,11 @@ class RunResult:
     recaps: list[HostRecap]
     tracker: RunTracker
     duration_s: float
+    interrupted: str | None = None  # the signal's name when the run was stopped by SIGINT/SIGTERM
 
     @property
     def failed(self) -> bool:
-        return self.rc != 0 or any(r.failed or r.unreachable for r in self.recaps)
+        return self.rc != 0 or self.interrupted is not None or any(r.failed or r.unreachable for r in self.recaps)
 
 
 def ansible_env() -> dict[str, str]:
@@ -175,33 +178,25 @@ def _recaps(stats: dict[str, Any] | None, tracker: RunTracker) -> list[HostRecap
     return out
 
 
-def run(
-    req: RunRequest,
-    on_event: Callable[[RunTracker, dict[str, Any]], None] | None = None,
-) -> RunResult:
-    """Run `req` through ansible_runner.run and return its result; writes summary.json."""
+def runner_kwargs(req: RunRequest, private_data_dir: Path, extra_args: Sequence[str] = (),
+                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """ansible_runner.run's arguments for `req`: the one place every gpuprov run is built."""
     root = paths.repo_root()
-    run_dir = paths.new_run_dir(req.command)
-    tracker = RunTracker()
-    strategy = strategy_for(list(req.inventories))
-
-    def handler(event: dict[str, Any]) -> bool:
-        tracker.handle(event)
-        if on_event is not None:
-            on_event(tracker, event)
-        return True
-
-    kwargs: dict[str, Any] = dict(
-        private_data_dir=str(run_dir),
-        project_dir=str(root),
-        ident="run",
-        envvars={**ansible_env(), "ANSIBLE_STRATEGY": strategy},
-        cmdline=cmdline_string(build_cmdline(req)),
-        suppress_env_files=True,
-        quiet=True,
-        event_handler=handler,
-        verbosity=req.verbosity or None,
-    )
+    kwargs: dict[str, Any] = {
+        "private_data_dir": str(private_data_dir),
+        "project_dir": str(root),
+        "envvars": {**ansible_env(), **(extra_env or {})},
+        "cmdline": cmdline_string(build_cmdline(req) + list(extra_args)),
+        "suppress_env_files": True,
+        "quiet": True,
+        # ansible-runner would keep facts in this run's artifacts, so no run would ever find the facts
+        # of the run before (and a run with --limit none of the other hosts'): one cache per inventory,
+        # kept across runs (an absolute path replaces ansible-runner's).
+        "fact_cache": str(paths.fact_cache_dir(req.inventories)),
+        # Without it ansible-runner installs signal handlers whose first Ctrl-C kills ansible-playbook's
+        # process group (gpuprov.interrupt passes the signal on instead).
+        "cancel_callback": lambda: False,
+    }
     if req.limit:
         kwargs["limit"] = req.limit
     # Without -i, ansible.cfg's default inventory (the lab) applies.
@@ -213,12 +208,36 @@ def run(
         kwargs["module"] = req.module
         kwargs["module_args"] = req.module_args or ""
         kwargs["host_pattern"] = req.host_pattern
+    return kwargs
+
+
+def run(
+    req: RunRequest,
+    on_event: Callable[[RunTracker, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run `req` through ansible_runner.run and return its result; writes summary.json."""
+    run_dir = paths.new_run_dir(req.command)
+    tracker = RunTracker()
+    strategy = strategy_for(list(req.inventories))
+
+    def handler(event: dict[str, Any]) -> bool:
+        tracker.handle(event)
+        if on_event is not None:
+            on_event(tracker, event)
+        return True
+
+    kwargs = runner_kwargs(req, run_dir, extra_env={"ANSIBLE_STRATEGY": strategy})
+    kwargs.update(ident="run", event_handler=handler, verbosity=req.verbosity or None)
 
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc)
-    r = ansible_runner.run(**kwargs)
+    started_at = datetime.now(UTC)
+    try:
+        with forward_interrupts() as interrupt:
+            kwargs["cancel_callback"] = interrupt.cancel
+            r = ansible_runner.run(**kwargs)
+    finally:
+        scrub_artifacts(run_dir)
     duration = time.monotonic() - started
-    scrub_artifacts(run_dir)
     tracker.reconcile(dict((r.stats or {}).get("changed") or {}))
     result = RunResult(
         rc=int(r.rc if r.rc is not None else 1),
@@ -227,6 +246,7 @@ def run(
         recaps=_recaps(r.stats, tracker),
         tracker=tracker,
         duration_s=duration,
+        interrupted=interrupt.signal_name,
     )
     write_summary(req, result, started_at, strategy)
     return result
@@ -248,6 +268,7 @@ def write_summary(req: RunRequest, result: RunResult, started_at: datetime, stra
         "duration_s": round(result.duration_s, 3),
         "rc": result.rc,
         "status": result.status,
+        "interrupted": result.interrupted,
         "hosts": {
             r.host: {
                 "ok": r.ok,

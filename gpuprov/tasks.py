@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import ansible_runner
 
-from gpuprov import paths
-from gpuprov.runner import RunRequest, ansible_env, build_cmdline, cmdline_string
+from gpuprov.runner import RunRequest, runner_kwargs
 
 _TASK_LINE = re.compile(r"^ {6}(?:(?P<role>[\w.-]+) : )?\S.*\tTAGS: \[")
 _PLAY_LINE = re.compile(r"^  play #\d+ ")
@@ -40,22 +39,9 @@ def task_total(req: RunRequest, inventories: Sequence[str] = ()) -> int | None:
     """How many tasks `req` lists for one host; None when the listing fails."""
     if not req.playbook:
         return None
-    root = paths.repo_root()
     with tempfile.TemporaryDirectory(prefix="gpuprov-list-") as tmp:
-        cmdline = build_cmdline(req) + ["--list-tasks"]
-        kwargs = dict(
-            private_data_dir=tmp,
-            project_dir=str(root),
-            playbook=str(root / req.playbook),
-            envvars=ansible_env(),
-            cmdline=cmdline_string(cmdline),
-            suppress_env_files=True,
-            quiet=True,
-        )
-        if req.limit:
-            kwargs["limit"] = req.limit
-        if inventories:
-            kwargs["inventory"] = [str(Path(i).resolve()) for i in inventories]
+        listing = RunRequest(**{**req.__dict__, "inventories": list(inventories)})
+        kwargs = runner_kwargs(listing, Path(tmp), extra_args=["--list-tasks"])
         r = ansible_runner.run(**kwargs)
         if r.rc != 0:
             return None

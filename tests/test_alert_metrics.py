@@ -64,7 +64,8 @@ def test_the_rules_use_metrics():
 
 
 def test_the_model_declares_its_latency_histograms():
-    assert {"gpuprov_time_to_first_token_seconds_bucket", "gpuprov_time_per_output_token_seconds_sum"} <= _model_metrics()
+    assert {"gpuprov_time_to_first_token_seconds_bucket",
+            "gpuprov_time_per_output_token_seconds_sum"} <= _model_metrics()
 
 
 def test_every_metric_in_the_rules_is_exposed_under_that_name():

@@ -10,17 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import statistics
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_gpuprov, verify_rows
 
 HOST = "gpuprov-lab-gpu1"
@@ -61,6 +61,21 @@ def test_second_apply_changes_nothing(lab):
     again = run_gpuprov("apply")
     assert again.returncode == 0, again.stdout[-3000:]
     assert _summary(again.stdout)["hosts"][HOST]["changed"] == 0
+
+
+def test_a_limited_apply_keeps_what_the_other_hosts_facts_make(lab):
+    """`apply -l` one host, with no earlier run's facts in the cache: the GPU host's firewall still
+    opens the metrics ports to the monitoring host, and Prometheus still has every GPU host's
+    targets at its address (the facts of the host outside the limit are gathered for the run), so
+    neither run changes anything."""
+    for limit, other, tag in ((HOST, MON, "firewall"), (MON, HOST, "prometheus")):
+        shutil.rmtree(ROOT / ".gpuprov" / "facts" / "lab", ignore_errors=True)
+        r = run_gpuprov("apply", "-l", limit, "-t", tag)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        summary = _summary(r.stdout)
+        assert summary["hosts"][limit]["changed"] == 0, summary["changes"]
+        log = (Path(r.stdout.split("artifacts: ")[-1].split()[0]) / "artifacts" / "run" / "stdout").read_text()
+        assert f"Gather the facts of {other}" in log, f"{other}'s facts were not gathered"
 
 
 def test_check_finds_only_the_drift_and_apply_corrects_it(lab, docker_client):
@@ -226,7 +241,8 @@ def test_the_openai_sdk_works_against_the_lab(lab, docker_client):
                                           messages=[{"role": "system", "content": "Be brief."},
                                                     {"role": "user", "content": "Hello"}])
     assert done.choices[0].finish_reason in ("stop", "length")
-    assert done.usage.prompt_tokens > 0 and done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+    assert done.usage.prompt_tokens > 0
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
     chunks = list(client.chat.completions.create(model="deepseek-chat", max_tokens=8, stream=True,
                                                  stream_options={"include_usage": True},
                                                  messages=[{"role": "user", "content": "Stream, please."}]))
@@ -344,7 +360,8 @@ def test_a_10_mb_body_is_refused_at_the_front_and_the_gateway_keeps_serving(lab,
 
 def test_tritons_own_routes_are_refused_at_the_front(lab, docker_client):
     """Clients reach /v1/ and Triton's readiness only: its statistics, configuration, shared memory,
-    logging and generate routes answer 403 at the front (on the host, Triton's administrative ones also need its administrator's key)."""
+    logging and generate routes answer 403 at the front (on the host, Triton's administrative ones
+    also need its administrator's key)."""
     front, ctx = _front(docker_client), _tls_context()
 
     def status(path: str, method: str = "GET", body: bytes | None = None) -> int:
@@ -521,7 +538,7 @@ def test_verify_passes_on_the_lab_and_finds_a_stopped_front(lab, docker_client):
 
 def _since(stamp: str) -> float:
     """Prometheus's RFC 3339 UTC time (nanoseconds and all) as a Unix time, to the second."""
-    return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
 def _alerts(mon) -> list[dict]:

@@ -13,7 +13,8 @@ def test_help_documents_exit_codes(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     for code in ("0   success (check: no changes; verify: every check passed)", "1   a task or a verify check failed",
-                 "2   check: changes found", "64  bad command-line usage"):
+                 "2   check, drift: changes found", "64  bad command-line usage",
+                 "75  another run holds this inventory's lock", "130 interrupted"):
         assert code in out
 
 

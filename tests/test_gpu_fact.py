@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FACT = ROOT / "roles" / "gpu_facts" / "files" / "gpu.fact"
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
 PCI = "fs/sys/bus/pci/devices"
-H100_QUERY = "{i}, NVIDIA H100 80GB HBM3, GPU-0000000{i}-1111-2222-3333-444444444444, 00000000:{bus:02X}:00.0, 81559, 9.0, Enabled, Disabled, 550.127.05"
+H100_QUERY = ("{i}, NVIDIA H100 80GB HBM3, GPU-0000000{i}-1111-2222-3333-444444444444, "
+              "00000000:{bus:02X}:00.0, 81559, 9.0, Enabled, Disabled, 550.127.05")
 
 
 def fact(replay: Path | None = None) -> dict:
@@ -111,7 +112,8 @@ def test_version_mismatch(tmp_path):
     _write(root, "fs/sys/module/nvidia/version", "535.183.01\n")
     _write(root, "glob/libs", "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.247.01")
     _write(root, "cmd/query.rc", "18")
-    _write(root, "cmd/query.out", "Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 535.247\n")
+    _write(root, "cmd/query.out",
+           "Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 535.247\n")
     got = fact(root)
     assert got["status"] == "driver_mismatch"
     assert got["module_matches_library"] is False

@@ -24,7 +24,8 @@ def _gpus(count: int, mib: int) -> dict:
 
 def _choose(tmp_path: Path, gpu: dict, **extra) -> tuple[int, list[dict]]:
     play = [{"name": "Choose", "hosts": "all", "gather_facts": False, "tasks": [
-        {"name": "Run the models preflight", "ansible.builtin.include_role": {"name": "models", "tasks_from": "preflight"}},
+        {"name": "Run the models preflight",
+         "ansible.builtin.include_role": {"name": "models", "tasks_from": "preflight"}},
         {"name": "Report", "ansible.builtin.debug": {"msg": "{{ __models_model_name }}"}},
     ]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
@@ -86,4 +87,5 @@ def test_the_native_runtime_is_not_given_a_model_one_gpu_cannot_hold(tmp_path):
 def test_v3_needs_eight_gpus(tmp_path):
     rc, events = _choose(tmp_path, _gpus(4, 143771), models_name="deepseek-v3", **CONTAINER)
     assert rc != 0
-    assert "on at least 8 GPU(s); this host has 4 GPU(s) of 140.4 GiB" in _reported(events, "Check the model fits the GPUs")[0]
+    assert ("on at least 8 GPU(s); this host has 4 GPU(s) of 140.4 GiB"
+            in _reported(events, "Check the model fits the GPUs")[0])

@@ -44,8 +44,9 @@ def test_a_failing_step_is_reported_with_its_output_in_one_piece(tmp_path: Path)
 
 def test_scenarios_that_reuse_the_shared_platforms_conflict_and_one_with_its_own_does_not() -> None:
     def res(d: str) -> set[str]:
-        return set(subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
-                   .strip().split(","))
+        # What the scenario holds (a step it waits for, `after:`, is not held).
+        return {r for r in subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
+                .strip().split(",") if not r.startswith("after:")}
 
     cuda, triton = res("roles/cuda/molecule/default"), res("roles/triton/molecule/default")
     gateway, base = res("roles/gateway/molecule/default"), res("roles/base/molecule/default")
@@ -54,3 +55,34 @@ def test_scenarios_that_reuse_the_shared_platforms_conflict_and_one_with_its_own
     assert "container:gpuprov-base-debian12" in base
     assert not gateway & cuda, "a scenario with platforms of its own would wait for the shared ones"
     assert not base & triton and not base & gateway
+
+
+def test_a_step_waits_for_the_step_it_names_and_is_not_run_when_that_one_failed(tmp_path: Path) -> None:
+    stamp = tmp_path / "stamps"
+    stamp.mkdir()
+    cmd = "date +%s.%N > {d}/{n}.start; sleep 1; date +%s.%N > {d}/{n}.end"
+    steps = (f"images\t\t{cmd.format(d=stamp, n='images')}\n"
+             f"uses\tafter:images\t{cmd.format(d=stamp, n='uses')}\n"
+             f"other\t\t{cmd.format(d=stamp, n='other')}\n"
+             "broken\t\texit 4\n"
+             f"after-broken\tafter:broken\ttouch {stamp}/ran\n")
+    out, results = _run(steps, 3, tmp_path)
+    t = {n: (float((stamp / f"{n}.start").read_text()), float((stamp / f"{n}.end").read_text()))
+         for n in ("images", "uses", "other")}
+    assert t["uses"][0] >= t["images"][1], "a step started before the step it waits for had passed"
+    assert t["other"][0] < t["images"][1], "a step that waits for nothing waited"
+    assert results["broken"][0] == 4
+    assert results["after-broken"][0] == 125 and not (stamp / "ran").exists()
+    assert "--- FAIL after-broken (not run: broken failed)" in out
+    assert {n: results[n][0] for n in ("images", "uses", "other")} == {"images": 0, "uses": 0, "other": 0}
+
+
+def test_the_scenarios_on_the_base_images_wait_for_them_and_the_others_do_not() -> None:
+    def res(d: str) -> set[str]:
+        return set(subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
+                   .strip().split(","))
+
+    assert "after:base-images" in res("roles/cuda/molecule/default")
+    assert "after:base-images" in res("roles/gateway/molecule/default")
+    assert "after:base-images" not in res("roles/base/molecule/default")
+    assert "after:base-images" not in res("roles/models/molecule/default")

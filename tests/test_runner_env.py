@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import yaml
 from conftest import write_local_inventory
@@ -54,3 +56,36 @@ def test_the_lab_opts_in_to_mitogen(monkeypatch):
     assert strategy_for([str(lab), "/elsewhere/hosts.yml"]) == "linear"
     monkeypatch.setenv("ANSIBLE_INVENTORY", "/elsewhere/hosts.yml")  # no -i, but not ansible.cfg's lab
     assert strategy_for([]) == "linear"
+
+
+def test_facts_outlive_the_run_in_a_cache_of_the_inventorys_own(tmp_path):
+    """ansible-runner would keep the fact cache in each run's artifacts: a run with --limit would
+    never know the facts that an earlier run gathered for the hosts outside the limit."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"one": local, "two": local}}}))
+    gather = tmp_path / "gather.yml"
+    gather.write_text(yaml.safe_dump([{"name": "Gather", "hosts": "all", "gather_facts": True, "tasks": []}]))
+    first = run(RunRequest(command="test-facts", playbook=str(gather), inventories=[str(inv)]))
+    assert first.rc == 0, first.run_dir
+    cache = paths.fact_cache_dir([str(inv)])
+    assert cache.parent == paths.state_dir() / "facts"
+    # ansible-core's jsonfile cache names a host's file after it (behind a schema prefix, s1_).
+    assert any(p.name.endswith("two") for p in cache.iterdir()), list(cache.iterdir())
+    assert not any(first.run_dir.rglob("fact_cache/*")), "facts kept in the run's artifacts"
+
+    out = tmp_path / "seen"
+    read = tmp_path / "read.yml"
+    read.write_text(yaml.safe_dump([{
+        "name": "Read another host's facts", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Write the other host's machine id",
+                   "ansible.builtin.copy": {"content": "{{ hostvars['two'].ansible_facts.machine_id | default('') }}",
+                                            "dest": str(out), "mode": "0644"}}],
+    }]))
+    second = run(RunRequest(command="test-facts", playbook=str(read), inventories=[str(inv)], limit="one"))
+    assert second.rc == 0, second.run_dir
+    assert out.read_text() == Path("/etc/machine-id").read_text().strip()
+    other = tmp_path / "elsewhere" / "hosts.yml"
+    other.parent.mkdir()
+    other.write_text(inv.read_text())
+    assert paths.fact_cache_dir([str(other)]) != cache, "two inventories share one fact cache"

@@ -42,8 +42,8 @@ def _render(tmp_path: Path, gpu: dict, checkpoint: dict, **extra) -> tuple[int, 
     (model / "config.json").write_text(json.dumps(checkpoint))
     out = tmp_path / "out"
     out.mkdir()
-    render = [{"name": f"Render {name}", "ansible.builtin.template": {"src": str(TEMPLATES / src), "dest": str(out / name),
-                                                                     "mode": "0644"}}
+    render = [{"name": f"Render {name}",
+               "ansible.builtin.template": {"src": str(TEMPLATES / src), "dest": str(out / name), "mode": "0644"}}
               for name, src in [("model.yaml", "model.yaml.j2"), ("config.pbtxt", "config.pbtxt.j2"),
                                 ("gpuprov-triton.service", "gpuprov-triton-container.service.j2")]]
     play = [{"name": "Render the container runtime", "hosts": "all", "gather_facts": False, "tasks": [

@@ -103,6 +103,7 @@ def serve_stand_in_repository(host, repo_path: str, key_name: str, port: int) ->
     over HTTP on loopback. Returns the base URL and the test key's fingerprint; stop it with
     `stop_stand_in_repository(host, port)`."""
     repo = f"/srv/standin/{repo_path.strip('/')}"
+    url = f"http://127.0.0.1:{port}/{repo_path.strip('/')}/InRelease"
     script = f"""
 set -e
 mkdir -p {repo}
@@ -112,7 +113,7 @@ gpg --batch --armor --export > {repo}/{key_name}
 gpg --batch --with-colons --list-keys | awk -F: '/^fpr/ {{print $10; exit}}' > /srv/standin/fpr-{port}
 echo 'not a real release file' > {repo}/InRelease
 nohup python3 -m http.server {port} --bind 127.0.0.1 --directory /srv/standin >/dev/null 2>&1 &
-for i in $(seq 1 50); do curl -fsS -o /dev/null http://127.0.0.1:{port}/{repo_path.strip('/')}/InRelease && exit 0; sleep 0.2; done
+for i in $(seq 1 50); do curl -fsS -o /dev/null {url} && exit 0; sleep 0.2; done
 exit 1
 """
     host.check_output("bash -c %s", script)

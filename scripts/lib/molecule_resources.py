@@ -1,6 +1,7 @@
 """What a Molecule scenario holds while it runs, for scripts/test's scheduler: its containers' names,
 its Docker networks and the host directories it mounts as apt caches. Two scenarios that share one
-must not run together.
+must not run together. A scenario on the base images also names the step that builds them
+(`after:base-images`).
 
 usage: molecule_resources.py SCENARIO_DIR   (prints a comma-separated list)
 """
@@ -14,6 +15,9 @@ import yaml
 
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / ".config" / "molecule" / "config.yml"
 APT_ARCHIVES = ":/var/cache/apt/archives"
+# Images that scripts/build-base-images makes: a scenario on them waits for that step.
+BASE_IMAGE = "-base:"
+BASE_IMAGES_STEP = "after:base-images"
 
 
 def platforms(scenario_dir: Path) -> list[dict]:
@@ -32,6 +36,8 @@ def resources(scenario_dir: Path) -> list[str]:
         for volume in p.get("volumes", []):
             if APT_ARCHIVES in volume:
                 out.add(f"apt:{volume.split(APT_ARCHIVES)[0]}")
+        if BASE_IMAGE in p.get("image", ""):
+            out.add(BASE_IMAGES_STEP)
     return sorted(out)
 
 

@@ -1,11 +1,12 @@
 """Run scripts/test's long steps (pytest, Molecule scenarios) side by side.
 
 Each step is a line on stdin: `NAME<TAB>RESOURCES<TAB>COMMAND`, RESOURCES a comma-separated list
-(container names, Docker networks, apt cache directories); two steps that share a resource never run together.
-Steps start in the order given (longest first is the caller's job) as soon as a slot is free and
-their resources are. A step's output goes to LOG_DIR/<name>.log and, when it ends, to stdout in
-one piece, so the steps' outputs never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS`,
-is written to RESULTS.
+(container names, Docker networks, apt cache directories); two steps that share a resource never
+run together. A resource `after:NAME` is a step that must have passed first: the step waits for
+it, and fails without running (rc 125) when that step failed. Steps start in the order given
+(longest first is the caller's job) as soon as a slot is free and their resources are. A step's
+output goes to LOG_DIR/<name>.log and, when it ends, to stdout in one piece, so the steps' outputs
+never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS`, is written to RESULTS.
 
 usage: parallel_steps.py JOBS LOG_DIR RESULTS < steps
 """
@@ -48,8 +49,22 @@ def log_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".log"
 
 
-def runnable(step: Step, running: list[Step]) -> bool:
+AFTER = "after:"
+DEPENDENCY_FAILED = 125
+
+
+def dependencies(step: Step) -> set[str]:
+    return {r[len(AFTER):] for r in step.resources if r.startswith(AFTER)}
+
+
+def runnable(step: Step, running: list[Step], done: dict[str, int]) -> bool:
+    if not all(done.get(name) == 0 for name in dependencies(step)):
+        return False
     return all(not (step.resources & other.resources) for other in running)
+
+
+def failed_dependency(step: Step, done: dict[str, int]) -> str | None:
+    return next((name for name in sorted(dependencies(step)) if done.get(name, 0) != 0), None)
 
 
 def start(step: Step, log_dir: Path) -> None:
@@ -75,11 +90,32 @@ def finish(step: Step, results: IO[str]) -> None:
     results.flush()
 
 
+def skip(step: Step, dependency: str, log_dir: Path, results: IO[str]) -> None:
+    step.rc = DEPENDENCY_FAILED
+    step.log_path = log_dir / log_name(step.name)
+    step.log_path.write_text(f"not run: {dependency} failed\n")
+    print(f"--- FAIL {step.name} (not run: {dependency} failed)", flush=True)
+    results.write(f"{step.name}\t{step.rc}\t0\n")
+    results.flush()
+
+
 def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> None:
     waiting, running = list(steps), []
+    done: dict[str, int] = {}
+    known = {step.name for step in steps}
+    for step in steps:
+        unknown = dependencies(step) - known
+        if unknown:  # a dependency that is not a step would wait for ever
+            raise SystemExit(f"parallel_steps: {step.name} waits for unknown steps {sorted(unknown)}")
     while waiting or running:
         for step in list(waiting):
-            if len(running) < jobs and runnable(step, running):
+            dependency = failed_dependency(step, done)
+            if dependency is not None:
+                waiting.remove(step)
+                skip(step, dependency, log_dir, results)
+                done[step.name] = DEPENDENCY_FAILED
+                continue
+            if len(running) < jobs and runnable(step, running, done):
                 waiting.remove(step)
                 start(step, log_dir)
                 running.append(step)
@@ -89,6 +125,8 @@ def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> No
             if step.proc.poll() is not None:
                 running.remove(step)
                 finish(step, results)
+                assert step.rc is not None
+                done[step.name] = step.rc
 
 
 def main(argv: list[str]) -> int:

@@ -210,7 +210,8 @@ def main() -> None:
     try:
         want = wanted_map(p["files"])
     except (KeyError, TypeError, ValueError) as e:
-        module.fail_json(msg=f"files: each entry needs path, size and sha256 (or the hub's rfilename, size, blobId/lfs): {e}")
+        module.fail_json(msg="files: each entry needs path, size and sha256 "
+                             f"(or the hub's rfilename, size, blobId/lfs): {e}")
     for path in want:
         if path.startswith("/") or ".." in path.split("/"):
             module.fail_json(msg=f"files: {path!r} must be a relative path inside the model")

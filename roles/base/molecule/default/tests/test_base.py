@@ -1,7 +1,6 @@
 """Testinfra checks of the base role on the converged containers."""
 
 import pytest
-
 from gpuprov_molecule import assert_no_changes_in_check_mode
 
 

@@ -5,7 +5,6 @@ nothing, and against a stand-in the sources are rendered (check mode). Bad input
 change, naming the variable."""
 
 import pytest
-
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,

@@ -165,7 +165,7 @@ def test_over_ssh_the_controller_keeps_its_way_in():
     result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
     assert result.rc == 0, failed_tasks(events)
     table = _table(name)
-    assert f"elements = {{ {gateway} }}" in table and f"@controller_v4 tcp dport 22 accept" in table
+    assert f"elements = {{ {gateway} }}" in table and "@controller_v4 tcp dport 22 accept" in table
     assert _ssh(ip).returncode == 0
     again, _ = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
     assert again.rc == 0 and again.recaps[0].changed == 0

@@ -34,8 +34,12 @@ def test_a_zero_changes_in_check_mode():
 def test_runs_unprivileged_on_loopback_under_a_hardened_unit(name):
     host = instance(name)
     assert host.service("gpuprov-gateway").is_running and host.service("gpuprov-gateway").is_enabled
-    assert host.check_output("ps -o user= -C gpuprov-gateway || ps -o user= -p $(systemctl show -p MainPID --value gpuprov-gateway)").split()[0] == "gpuprov-gateway"
-    props = host.check_output("systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-gateway")
+    assert host.check_output(
+        "ps -o user= -C gpuprov-gateway || "
+        "ps -o user= -p $(systemctl show -p MainPID --value gpuprov-gateway)"
+    ).split()[0] == "gpuprov-gateway"
+    props = host.check_output(
+        "systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-gateway")
     assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
     assert host.socket("tcp://127.0.0.1:8080").is_listening and not host.socket("tcp://0.0.0.0:8080").is_listening
     # /metrics on every address (Prometheus scrapes it from the monitoring host; the firewall role

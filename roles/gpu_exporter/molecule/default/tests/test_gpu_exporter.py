@@ -31,7 +31,8 @@ def test_auto_installs_nothing_without_gpus_and_says_why():
     result, events = run_role("gpu_exporter", WHEELS, pre_roles=("gpu_facts",), limit="gpuprov-gpuexp-auto")
     assert result.rc == 0 and result.recaps[0].changed == 0
     said = [e["event_data"]["res"].get("msg", "") for e in events
-            if e.get("event") == "runner_on_ok" and e["event_data"].get("task") == "Say why there is no GPU exporter here"]
+            if e.get("event") == "runner_on_ok"
+            and e["event_data"].get("task") == "Say why there is no GPU exporter here"]
     assert said and "the gpu fact shows 0 GPU(s)" in said[0]
 
 
@@ -51,7 +52,8 @@ def test_forced_on_the_unit_is_hardened_and_runs_the_exporter_unprivileged():
     assert FORCED.service(UNIT).is_enabled
     # The exporter itself ran, as its user, and stopped at the missing NVML (no driver here).
     log = FORCED.check_output(
-        f"for i in $(seq 1 30); do journalctl -u {UNIT} --no-pager | grep -q 'NVML) not found' && break; sleep 1; done; "
+        f"for i in $(seq 1 30); do journalctl -u {UNIT} --no-pager | grep -q 'NVML) not found' && break; "
+        "sleep 1; done; "
         f"journalctl -u {UNIT} --no-pager")
     assert "NVIDIA Management Library (NVML) not found" in log
     assert FORCED.user("gpu-exporter").shell == "/usr/sbin/nologin"

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,

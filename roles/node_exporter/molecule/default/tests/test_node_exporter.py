@@ -72,7 +72,8 @@ def test_basic_auth_through_the_web_config():
 
 def test_bad_input_fails_before_any_change():
     assert_fails_before_any_change("node_exporter", {"node_exporter_extra_args": ["collector.systemd"]},
-                                   "Check the settings", "collector.systemd", hosts=HOSTS, pre_roles=(), exact_task=True)
+                                   "Check the settings", "collector.systemd",
+                                   hosts=HOSTS, pre_roles=(), exact_task=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,5 +152,6 @@ def test_the_upstream_release_replaces_the_package_and_back(stand_in_release):
 def test_a_release_version_without_a_checksum_is_refused():
     assert_fails_before_any_change("node_exporter", {"node_exporter_source": "release",
                                                      "node_exporter_release_version": "1.9.1"},
-                                   "Check the release is pinned for this host", "node_exporter_release_checksums['1.9.1']",
+                                   "Check the release is pinned for this host",
+                                   "node_exporter_release_checksums['1.9.1']",
                                    hosts=HOSTS, pre_roles=(), exact_task=True)

@@ -5,7 +5,6 @@ input fails before any change with a message naming the variable."""
 import json
 
 import pytest
-
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,

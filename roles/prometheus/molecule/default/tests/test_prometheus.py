@@ -15,10 +15,19 @@ from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, inst
 MON = instance("gpuprov-prom-debian12")
 CA = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ca.crt")
 BASE = {"prometheus_probe_ca_cert": CA, "prometheus_scrape_interval": "5s", "prometheus_evaluation_interval": "5s"}
+
+
+def _gpu_host(address: str) -> dict:
+    """A GPU host that does not exist, with the facts Prometheus's configuration is made from (as the
+    fact cache would give them)."""
+    return {"ansible_host": address, "ansible_default_ipv4": {"address": address},
+            "ansible_local": {"gpu": {"gpu_count": 0}}}
+
+
 # The GPU hosts converge adds; every run here names them too (a run_role has only Molecule's inventory).
-GPUS = {"gpu-a": {"ansible_host": "192.0.2.10"}, "gpu-b": {"ansible_host": "192.0.2.11"}}
-ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "InferenceBacklog",
-          "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"}
+GPUS = {"gpu-a": _gpu_host("192.0.2.10"), "gpu-b": _gpu_host("192.0.2.11")}
+ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh",
+          "InferenceBacklog", "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"}
 
 
 def _prometheus(extra: dict | None = None, more_gpus: dict | None = None):
@@ -56,7 +65,8 @@ def test_targets_are_generated_from_the_inventory():
     assert '"192.0.2.10:9100"' in node and '"192.0.2.11:9100"' in node and 'host: "gpu-b"' in node
     assert '"192.0.2.10:8002"' in MON.file("/etc/prometheus/file_sd/triton.yml").content_string
     assert '"192.0.2.11:9108"' in MON.file("/etc/prometheus/file_sd/gateway.yml").content_string
-    assert "https://192.0.2.11:8443/v2/health/ready" in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string
+    assert ("https://192.0.2.11:8443/v2/health/ready"
+            in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string)
     # No gpu fact for these hosts: no GPU exporter target.
     assert MON.file("/etc/prometheus/file_sd/gpu.yml").content_string.strip().endswith("[]")
     targets = _wait(lambda: (t := _targets()).get("node") == {"gpu-a", "gpu-b"} and t)
@@ -66,7 +76,7 @@ def test_targets_are_generated_from_the_inventory():
 
 
 def test_a_host_added_to_the_group_is_scraped_on_the_next_run():
-    result, events = _prometheus(more_gpus={"gpu-c": {"ansible_host": "192.0.2.12"}})
+    result, events = _prometheus(more_gpus={"gpu-c": _gpu_host("192.0.2.12")})
     assert result.rc == 0, failed_tasks(events)
     try:
         assert '"192.0.2.12:9100"' in MON.file("/etc/prometheus/file_sd/node.yml").content_string
@@ -75,6 +85,20 @@ def test_a_host_added_to_the_group_is_scraped_on_the_next_run():
         back, _ = _prometheus()
     assert back.rc == 0
     assert "192.0.2.12" not in MON.file("/etc/prometheus/file_sd/node.yml").content_string
+
+
+def test_a_gpu_host_whose_facts_cannot_be_had_fails_the_run_by_name_before_any_change():
+    """Under --limit (or with a host down) a GPU host's facts may be missing: Prometheus's targets
+    would lose that host, or its GPU alerts, without a word. They are gathered for the run, and
+    when that fails too the run stops before any change, naming the host."""
+    before = MON.file("/etc/prometheus/file_sd/node.yml").content_string
+    down = {"ansible_host": "127.0.0.1", "ansible_port": 9, "ansible_connection": "ssh"}  # refuses at once
+    result, events = _prometheus(more_gpus={"gpu-d": down})
+    assert result.rc != 0
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check the needed facts are known of every host in gpu_servers"], failures
+    assert "these hosts lack them: gpu-d." in failures[0][2]
+    assert MON.file("/etc/prometheus/file_sd/node.yml").content_string == before
 
 
 def test_alert_rules_pass_their_unit_tests_and_are_loaded():

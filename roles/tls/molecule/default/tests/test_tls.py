@@ -116,7 +116,8 @@ def test_provided_certificate_is_installed_and_never_printed(tmp_path):
     for secret, run_result, run_events in ((key, result, events), (other_key, check, check_events)):
         secret_line = secret.strip().splitlines()[1]
         assert secret_line not in json.dumps(run_events)
-        artifacts = subprocess.run(["grep", "-rlF", secret_line, str(run_result.run_dir)], capture_output=True, text=True)
+        artifacts = subprocess.run(["grep", "-rlF", secret_line, str(run_result.run_dir)],
+                                   capture_output=True, text=True)
         assert artifacts.stdout == "", f"the key is in {artifacts.stdout}"
     assert check.tracker.changes, "a different key is drift"
     # Back to the internal CA, for the tests that follow.

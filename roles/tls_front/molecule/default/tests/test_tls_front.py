@@ -1,6 +1,6 @@
 """The TLS front on Debian 12 and 13, before a stand-in upstream on Triton's loopback port: TLS 1.3
-only, HSTS, Triton's own routes refused but its readiness, the audit log kept 180 days, mutual TLS when asked, and a configuration nginx refuses
-never replaces the one it is serving."""
+only, HSTS, Triton's own routes refused but its readiness, the audit log kept 180 days, mutual TLS
+when asked, and a configuration nginx refuses never replaces the one it is serving."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ def test_a_configuration_nginx_refuses_changes_nothing():
     result, events = run_role("tls_front", {"tls_front_key": "/root/other.key"}, limit=name)
     failures = failed_tasks(events)
     # nginx -t fails inside the block; the rescue puts the file back and fails with nginx's words.
-    assert [t for _, t, _ in failures] == ["Test the configuration with nginx -t", "Fail with nginx's verdict"], failures
+    assert [t for _, t, _ in failures] == ["Test the configuration with nginx -t",
+                                           "Fail with nginx's verdict"], failures
     assert "nginx rejected" in failures[1][2] and "key values mismatch" in failures[1][2]
     assert host.file("/etc/nginx/conf.d/gpuprov-front.conf").content_string == live
     assert host.run(f"curl -sS -f --cacert {CA} {READY}").rc == 0

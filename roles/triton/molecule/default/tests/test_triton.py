@@ -1,6 +1,7 @@
 """triton (native) on Debian 12, CPU, serving tiny-deepseek: ready; generate returns text;
 generate_stream streams several chunks; 16 concurrent requests all succeed and are batched;
-nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is followed by a restart and readiness; a killed Python-backend stub
+nv_inference_* metrics and the model's time-to-first-token and time-per-token histograms; kill -9 is
+followed by a restart and readiness; a killed Python-backend stub
 (Triton stays "ready" while every request fails) is found by the canary and Triton restarted, and a
 Triton stopped on purpose stays stopped; the unit is hardened and
 runs unprivileged; Triton's administrative APIs answer 403 without the root-only key; zero changes
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
@@ -50,7 +50,8 @@ def _post(host, path, body, n=1):
 def _ready(host, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if host.run("python3 -c %s", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready')").rc == 0:
+        if host.run("python3 -c %s",
+                    "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready')").rc == 0:
             return True
         time.sleep(2)
     return False
@@ -62,7 +63,8 @@ def test_ready_and_unprivileged(host):
     assert svc.is_enabled and svc.is_running
     assert host.check_output("systemctl show -p User --value gpuprov-triton") == "triton"
     assert host.check_output("ps -o user= -C tritonserver").split()[0] == "triton"
-    props = host.check_output("systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-triton")
+    props = host.check_output(
+        "systemctl show -p NoNewPrivileges -p ProtectSystem -p CapabilityBoundingSet gpuprov-triton")
     assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props
 
 
