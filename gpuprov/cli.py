@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "junit", "markdown"), default="table",
                    help="report format (default: table)")
     p.add_argument("-o", "--output", help="write the report to this file (default: standard output)")
+    p.add_argument("--metrics-file", metavar="PATH",
+                   help="also write the report as Prometheus metrics (a *.prom file in node exporter's "
+                        "textfile directory is scraped with the node job)")
     p = sub.add_parser("fix", help="apply to the drifted hosts only, in batches, then drift again (before/after)")
     _add_play_args(p)
     p.add_argument("--from-last", action="store_true",
@@ -88,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hosts per batch: N or P%% of the drifted hosts (default 100%%)")
     p.add_argument("--max-fail-percentage", type=float, default=0.0,
                    help="stop before the next batch once more than this share of the hosts failed (default 0)")
+    p = sub.add_parser("schedule", help="drift on a schedule: a systemd timer on this controller (report + metrics)")
+    sched = p.add_subparsers(dest="schedule_command", required=True, parser_class=_Parser)
+    for name, text in (("install", "write and enable the timer and its service"),
+                       ("remove", "disable and remove them"), ("show", "print the units install would write")):
+        q = sched.add_parser(name, help=text)
+        q.add_argument("-i", "--inventory", action="append", default=[],
+                       help="inventory path (repeatable); default: the lab inventory")
+        q.add_argument("--unit-dir", default=None,
+                       help="write the units here instead of /etc/systemd/system (then nothing is enabled)")
+        if name != "remove":
+            q.add_argument("--on-calendar", default="hourly", help="systemd calendar spec (default: hourly)")
+            q.add_argument("--metrics-file", help="where the metrics go (default: node exporter's textfile "
+                                                   "directory when this machine has one)")
+            q.add_argument("--playbook", default="playbooks/site.yml", help="playbook, relative to the repo")
     p = sub.add_parser("verify", help="read-only checks of converged hosts: a pass/FAIL/skip table per host")
     _add_target_args(p)
     p.add_argument("-e", "--extra-vars", action="append", default=[],
@@ -222,6 +239,8 @@ def run_drift(args: argparse.Namespace) -> int:
         _print_run_error(result)
         return EXIT_FAILED
     text = drift.RENDER[args.format](report)
+    if args.metrics_file:
+        drift.write_metrics(report, Path(args.metrics_file))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"drift report: {args.output}", file=sys.stderr)
@@ -299,6 +318,33 @@ def run_fix(args: argparse.Namespace) -> int:
     if rollout.failed or any(after.get(h) in (drift.FAILED, drift.UNREACHABLE, None) for h in drifted):
         return EXIT_FAILED
     return EXIT_CHANGES if any(after.get(h) == drift.DRIFTED for h in drifted) else EXIT_OK
+
+
+def run_schedule(args: argparse.Namespace) -> int:
+    from gpuprov import schedule
+
+    s = schedule.Schedule(list(args.inventory), getattr(args, "on_calendar", "hourly"),
+                          Path(args.metrics_file) if getattr(args, "metrics_file", None) else None,
+                          getattr(args, "playbook", "playbooks/site.yml"))
+    unit_dir = Path(args.unit_dir) if args.unit_dir else schedule.UNIT_DIR
+    if args.schedule_command == "remove":
+        removed = schedule.remove(s, unit_dir)
+        print(f"schedule: removed {', '.join(map(str, removed)) or 'nothing'}")
+        return EXIT_OK
+    problem = schedule.calendar_ok(s.on_calendar)
+    if problem:
+        print(f"gpuprov: --on-calendar {s.on_calendar!r}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.schedule_command == "show":
+        print(f"# {unit_dir / (s.name + '.service')}\n{schedule.service_unit(s)}")
+        print(f"# {unit_dir / (s.name + '.timer')}\n{schedule.timer_unit(s)}")
+        return EXIT_OK
+    written, started = schedule.install(s, unit_dir)
+    print(f"schedule: {', '.join(map(str, written))}")
+    print(f"metrics: {s.metrics_path()}")
+    print(f"schedule: {s.name}.timer enabled and started ({s.on_calendar})" if started else
+          "schedule: units written, not enabled (another directory, or systemd does not run here)")
+    return EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -385,6 +431,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": locked("check", lambda a: run_play(a, check=True)),
     "drift": locked("drift", run_drift),
     "fix": locked("fix", run_fix),
+    "schedule": run_schedule,
     "verify": locked("verify", run_verify),
     "facts": locked("facts", run_facts),
 }

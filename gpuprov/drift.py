@@ -232,4 +232,33 @@ def to_junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 
+def write_metrics(report: Report, path: Path) -> None:
+    """The report as Prometheus metrics, in the textfile collector's format (node exporter's
+    `--collector.textfile.directory`), written atomically by prometheus_client."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    labels = ["inventory", "managed_host"]
+    status = Gauge("gpuprov_drift_host_status", "1 for the host's status in the last drift run, 0 for the others",
+                   [*labels, "status"], registry=registry)
+    tasks = Gauge("gpuprov_drift_tasks", "Tasks that would change the host (its drift) in the last drift run",
+                  labels, registry=registry)
+    since = Gauge("gpuprov_drift_drifted_since_timestamp_seconds",
+                  "When the host's current drift was first seen (Unix time)", labels, registry=registry)
+    last = Gauge("gpuprov_drift_last_run_timestamp_seconds", "When the last drift run started (Unix time)",
+                 ["inventory"], registry=registry)
+    duration = Gauge("gpuprov_drift_last_run_duration_seconds", "How long the last drift run took",
+                     ["inventory"], registry=registry)
+    for h in report.hosts:
+        for s in (COMPLIANT, DRIFTED, FAILED, UNREACHABLE):
+            status.labels(report.inventory, h.host, s).set(1 if h.status == s else 0)
+        tasks.labels(report.inventory, h.host).set(len(h.tasks))
+        if h.drifted_since:
+            since.labels(report.inventory, h.host).set(datetime.fromisoformat(h.drifted_since).timestamp())
+    last.labels(report.inventory).set(datetime.fromisoformat(report.started).timestamp())
+    duration.labels(report.inventory).set(report.duration_s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+
+
 RENDER = {"table": to_table, "json": to_json, "junit": to_junit, "markdown": to_markdown}

@@ -16,11 +16,15 @@ RULES = (ROOT / "roles/prometheus/templates/gpuprov.rules.yml.j2").read_text()
 FIXTURES = ROOT / "tests/fixtures/metrics"
 MODEL = (ROOT / "roles/triton/files/model.py").read_text()
 GATEWAY = (ROOT / "packages/gateway/src/gpuprov_gateway/metrics.py").read_text()
+DRIFT = (ROOT / "gpuprov/drift.py").read_text()
 
 # Not recordable here: DCGM's exporter needs NGC. Names from dcgm-exporter's default counters.
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
-# Prometheus's own and the blackbox exporter's (the lab tests fire TritonNotReady on them).
-OTHERS = {"up", "probe_success", "probe_ssl_earliest_cert_expiry"}
+# Prometheus's own and the blackbox exporter's (the lab tests fire TritonNotReady on them), and the
+# node exporter's meminfo gauges (names stable across node exporter 1.x; the node_exporter scenario
+# checks they are served).
+OTHERS = {"up", "probe_success", "probe_ssl_earliest_cert_expiry", "node_memory_MemAvailable_bytes",
+          "node_memory_MemTotal_bytes"}
 
 
 def _exposed(name: str) -> set[str]:
@@ -37,7 +41,7 @@ def _used() -> set[str]:
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\([^()]*\)\s*\(", "(", text)  # by (labels) (
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    return words - {"sum", "by", "rate", "time", "or", "and", "e6", "m", "histogram_quantile", "le"}
+    return words - {"sum", "max", "by", "rate", "time", "or", "and", "e6", "m", "histogram_quantile", "le"}
 
 
 def _model_metrics() -> set[str]:
@@ -54,6 +58,11 @@ def _gateway_metrics() -> set[str]:
     return names
 
 
+def _drift_metrics() -> set[str]:
+    """The gauges `gpuprov drift --metrics-file` writes (gpuprov/drift.py)."""
+    return set(re.findall(r'Gauge\(\s*"(gpuprov_drift_[a-z_]+)"', DRIFT))
+
+
 def test_the_rules_use_metrics():
     used = _used()
     assert {"gpuprov_time_to_first_token_seconds_bucket", "gpu_utilization_Percentage", "up"} <= used, used
@@ -61,6 +70,8 @@ def test_the_rules_use_metrics():
     assert "nv_inference_request_duration_us" not in used
     # The seed's success rate as applications see it, and the gateway's circuit breakers.
     assert {"gateway_requests_total", "gateway_breaker_state"} <= used
+    # The fleet's drift, as gpuprov drift --metrics-file writes it.
+    assert {"gpuprov_drift_tasks", "gpuprov_drift_last_run_timestamp_seconds"} <= used
 
 
 def test_the_model_declares_its_latency_histograms():
@@ -74,6 +85,8 @@ def test_every_metric_in_the_rules_is_exposed_under_that_name():
     for name in sorted(_used()):
         if name.startswith("nv_"):
             assert name in triton, f"{name}: Triton 2.51 does not expose it"
+        elif name.startswith("gpuprov_drift_"):
+            assert name in _drift_metrics(), f"{name}: gpuprov drift does not write it"
         elif name.startswith("gpuprov_"):
             assert name in _model_metrics(), f"{name}: the model does not declare it"
         elif name.startswith("gateway_"):

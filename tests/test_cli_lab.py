@@ -25,7 +25,7 @@ from conftest import ROOT, run_gpuprov, verify_rows
 
 HOST = "gpuprov-lab-gpu1"
 MON = "gpuprov-lab-mon1"
-CA = ROOT / ".gpuprov" / "pki" / "ca.crt"
+CA = ROOT / ".gpuprov" / "pki" / "lab" / "ca.crt"
 
 
 def _summary(stdout: str) -> dict:

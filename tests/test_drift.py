@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -51,7 +52,9 @@ def test_drift_reports_each_host_with_its_diffs_in_every_format_and_since_when(t
 
     conf = files / "web-b.conf"
     conf.write_text(conf.read_text().replace("workers = 4", "workers = 64"))
-    first = _gpuprov("drift", "-i", str(inv), "--playbook", str(play), "--format", "json")
+    metrics = tmp_path / "textfile" / "gpuprov_drift.prom"
+    first = _gpuprov("drift", "-i", str(inv), "--playbook", str(play), "--format", "json",
+                     "--metrics-file", str(metrics))
     assert first.returncode == 1, first.stderr[-2000:]  # web-c is unreachable
     report = json.loads(first.stdout)
     assert report["schema"] == "gpuprov.drift/1"
@@ -66,6 +69,24 @@ def test_drift_reports_each_host_with_its_diffs_in_every_format_and_since_when(t
     since = hosts["web-b"]["drifted_since"]
     assert since == report["started"]
     assert conf.read_text().count("workers = 64") == 1, "drift changed the host"
+    # The same as Prometheus metrics, for the alerts (ConfigurationDrift, DriftCheckStale).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics.read_text()) for s in f.samples}
+    key = report["inventory"]
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"inventory": key, **labels}.items())))]
+
+    assert value("gpuprov_drift_tasks", managed_host="web-b") == 1
+    assert value("gpuprov_drift_tasks", managed_host="web-a") == 0
+    assert value("gpuprov_drift_host_status", managed_host="web-b", status="drifted") == 1
+    assert value("gpuprov_drift_host_status", managed_host="web-b", status="compliant") == 0
+    assert value("gpuprov_drift_host_status", managed_host="web-c", status="unreachable") == 1
+    started = datetime.fromisoformat(report["started"]).timestamp()
+    assert value("gpuprov_drift_last_run_timestamp_seconds") == started
+    assert value("gpuprov_drift_drifted_since_timestamp_seconds", managed_host="web-b") == started
 
     # Still drifted on the next run: since the first run that saw it. Exit 2 without the unreachable host.
     second = _gpuprov("drift", "-i", str(inv), "-l", "web-a,web-b", "--playbook", str(play), "--format", "junit",

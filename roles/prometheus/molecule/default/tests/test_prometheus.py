@@ -26,8 +26,9 @@ def _gpu_host(address: str) -> dict:
 
 # The GPU hosts converge adds; every run here names them too (a run_role has only Molecule's inventory).
 GPUS = {"gpu-a": _gpu_host("192.0.2.10"), "gpu-b": _gpu_host("192.0.2.11")}
-ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh",
-          "InferenceBacklog", "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon"}
+ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "HostMemoryHigh",
+          "InferenceBacklog", "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon",
+          "ConfigurationDrift", "DriftCheckStale"}
 
 
 def _prometheus(extra: dict | None = None, more_gpus: dict | None = None):
