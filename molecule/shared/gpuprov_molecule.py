@@ -99,7 +99,8 @@ def s_client(host, args: str):
 
 def serve_stand_in_repository(host, repo_path: str, key_name: str, port: int) -> dict[str, str]:
     """A stand-in for an NVIDIA apt repository on the instance: an InRelease file and a signing key
-    (a fresh test key, so its fingerprint is not NVIDIA's) under /srv/standin/<repo_path>, served
+    (a fresh test key, so its fingerprint is not NVIDIA's, followed in the same file by a second key
+    that a mirror appended) under /srv/standin/<repo_path>, served
     over HTTP on loopback. Returns the base URL and the test key's fingerprint; stop it with
     `stop_stand_in_repository(host, port)`."""
     repo = f"/srv/standin/{repo_path.strip('/')}"
@@ -111,6 +112,10 @@ export GNUPGHOME=$(mktemp -d)
 gpg --batch --passphrase '' --quick-gen-key 'gpuprov test key <test@example.invalid>' ed25519 sign never
 gpg --batch --armor --export > {repo}/{key_name}
 gpg --batch --with-colons --list-keys | awk -F: '/^fpr/ {{print $10; exit}}' > /srv/standin/fpr-{port}
+# A mirror that appends a key of its own to the published one: only the expected key may be trusted.
+export GNUPGHOME=$(mktemp -d)
+gpg --batch --passphrase '' --quick-gen-key 'a mirror key <mirror@example.invalid>' ed25519 sign never
+gpg --batch --armor --export >> {repo}/{key_name}
 echo 'not a real release file' > {repo}/InRelease
 nohup python3 -m http.server {port} --bind 127.0.0.1 --directory /srv/standin >/dev/null 2>&1 &
 for i in $(seq 1 50); do curl -fsS -o /dev/null {url} && exit 0; sleep 0.2; done

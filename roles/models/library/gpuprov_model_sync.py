@@ -23,6 +23,7 @@ import pwd
 import shutil
 import stat
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
@@ -137,10 +138,33 @@ def known_good_copies(dest: str, want: dict) -> dict[str, str]:
     return found
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def token_allowed(url: str, token_url: str) -> bool:
+    """Whether a request to `url` may carry the bearer token given for `token_url`: the same host,
+    over https (plain http only on loopback, where the tests' stand-ins listen)."""
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(token_url)
+    secure = a.scheme == "https" or (a.scheme == "http" and a.hostname in LOOPBACK)
+    return secure and (a.hostname, a.port) == (b.hostname, b.port)
+
+
+class TokenRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header onto a redirect's request, Authorization too: the hub's resolve
+    URLs redirect to a CDN on another host. The token goes along only where token_allowed says."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's hook)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not token_allowed(newurl, req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
 class Fetcher:
     def __init__(self, module: AnsibleModule):
         self.m = module
         self.p = module.params
+        self.opener = urllib.request.build_opener(TokenRedirectHandler)
 
     def fetch(self, path: str, target: str, size: int) -> int:
         """Bring `path` to `target` (appending to a partial file). Returns bytes transferred."""
@@ -168,7 +192,7 @@ class Fetcher:
         if have:
             req.add_header("Range", f"bytes={have}-")
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with self.opener.open(req, timeout=60) as r:
                 if have and r.status != 206:  # server ignored the range: start over
                     have = 0
                     mode = "wb"
@@ -207,6 +231,9 @@ def main() -> None:
     dest, revision = p["dest"], p["revision"]
     if "/" in revision or revision.startswith("."):
         module.fail_json(msg=f"revision {revision!r} is not a plain name")
+    if p["source"] == "http" and p.get("bearer_token") and not token_allowed(p["base_url"], p["base_url"]):
+        module.fail_json(msg=f"refusing to send the token to {p['base_url']}: only over https (plain http only "
+                             "on loopback); nothing was changed")
     try:
         want = wanted_map(p["files"])
     except (KeyError, TypeError, ValueError) as e:

@@ -138,6 +138,13 @@ def test_cuda_repo_configuration_rendered(debian12, local_cuda_mirror):
     assert "Suites: /" in source
     assert "Signed-By: /usr/share/keyrings/nvidia-cuda-archive-keyring.asc" in source
     assert "NVIDIA's CUDA repository: a flat apt repository" in source
+    # The published file holds a second key (the mirror's): the keyring gets the expected one alone.
+    keyring = "/usr/share/keyrings/nvidia-cuda-archive-keyring.asc"
+    fingerprints = {name: [ln.split(":")[9] for ln in debian12.check_output(
+        f"gpg --batch --show-keys --with-colons {keyring}{name}").splitlines() if ln.startswith("fpr:")]
+        for name in (".download", ".download.expected")}
+    assert len(fingerprints[".download"]) == 2
+    assert fingerprints[".download.expected"] == [local_cuda_mirror["fpr"]]
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Install the driver packages"]
     assert "cuda-drivers-580" in failures[0][2]  # the default branch of the CUDA repository
