@@ -160,26 +160,33 @@ def test_over_ssh_the_controller_keeps_its_way_in():
     # Open SSH to the controller through Docker, then manage the host over SSH alone.
     opened, _ = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [f"{gateway}/32"]}, limit=name)
     assert opened.rc == 0 and _ssh(ip).returncode == 0
-    # Over SSH with no administrators' network at all: the role finds the controller's address
-    # (SSH_CLIENT) and lets it in, so the run finishes and the next connection still works.
-    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
+    # Over SSH, the administrators' network being one the controller is not in: the role finds the
+    # controller's address (SSH_CLIENT) and lets it in too, so the run finishes and the next
+    # connection still works.
+    result, events = run_role("firewall", {**CONVERGE, **_over_ssh(ip)}, limit=name)
     assert result.rc == 0, failed_tasks(events)
     table = _table(name)
     assert f"elements = {{ {gateway} }}" in table and "@controller_v4 tcp dport 22 accept" in table
     assert _ssh(ip).returncode == 0
-    again, _ = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
+    again, _ = run_role("firewall", {**CONVERGE, **_over_ssh(ip)}, limit=name)
     assert again.rc == 0 and again.recaps[0].changed == 0
     assert _dropped(OUTSIDER, ip, 22)
 
 
-def test_over_ssh_a_ruleset_that_would_lock_the_controller_out_is_refused():
+def test_over_ssh_a_ruleset_that_would_lock_administrators_out_is_refused():
+    """Without administrators' networks, SSH would be open only to the controller that ran the role
+    last (each run would shut out the one before): refused, as is a port other than the connection's."""
     name, ip = HOSTS[0], _ip(HOSTS[0])
     before = _table(name)
-    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], "firewall_allow_controller": False,
-                                           **_over_ssh(ip)}, limit=name)
+    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **_over_ssh(ip)}, limit=name)
     failures = failed_tasks(events)
-    assert [t for _, t, _ in failures] == ["Check this run keeps its way in"], failures
-    assert "would lock the controller out" in failures[0][2]
+    assert [t for _, t, _ in failures] == ["Check SSH stays open to the administrators"], failures
+    assert "set firewall_admin_cidrs" in failures[0][2]
+    assert result.recaps[0].changed == 0 and _table(name) == before
+    result, events = run_role("firewall", {**CONVERGE, "firewall_ssh_port": 2222, **_over_ssh(ip)}, limit=name)
+    failures = failed_tasks(events)
+    assert [t for _, t, _ in failures] == ["Check SSH stays open to the administrators"], failures
+    assert "managed over SSH on port 22" in failures[0][2] and "(is 2222)" in failures[0][2]
     assert result.recaps[0].changed == 0 and _table(name) == before
     assert _ssh(ip).returncode == 0
 
@@ -191,7 +198,7 @@ def test_over_ssh_an_unknown_host_key_is_refused_before_any_change():
     before = _table(name)
     checked = {**_over_ssh(ip), "ansible_host_key_checking": True,
                "ansible_ssh_common_args": "-o UserKnownHostsFile=/dev/null"}
-    result, events = run_role("firewall", {**CONVERGE, "firewall_admin_cidrs": [], **checked}, limit=name)
+    result, events = run_role("firewall", {**CONVERGE, **checked}, limit=name)
     unreachable = [e["event_data"]["res"].get("msg", "") for e in events if e.get("event") == "runner_on_unreachable"]
     assert result.rc != 0 and result.recaps[0].unreachable > 0, unreachable
     assert unreachable and all("host key" in m.lower() for m in unreachable), unreachable

@@ -21,7 +21,7 @@ from gpuprov_molecule import (
 SHIPPED = json.loads((Path(__file__).resolve().parents[3] / "files/tiny-deepseek/manifest.json").read_text())
 ROOT = "/var/lib/gpuprov/models"
 TOKEN = "hf_gpuprov_test_token_7c1e"  # the mirror's nginx wants exactly this one
-D12 = "gpuprov-debian12"
+D12 = "gpuprov-models-debian12"
 # The host-level tests run on the model hosts, not on the mirror.
 testinfra_hosts = [f"ansible://gpu_servers?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
 
