@@ -44,10 +44,28 @@ def fact_cache_dir(inventories: Sequence[str]) -> Path:
     return state_dir() / "facts" / inventory_key(inventories)
 
 
+KEEP_RUNS = 200  # run directories kept (GPUPROV_KEEP_RUNS overrides): the newest, by their names' time
+
+
+def prune_runs(keep: int | None = None) -> list[Path]:
+    """Remove all but the `keep` newest run directories; returns what was removed."""
+    import shutil
+
+    keep = int(os.environ.get("GPUPROV_KEEP_RUNS", KEEP_RUNS)) if keep is None else keep
+    runs = sorted((p for p in (state_dir() / "runs").glob("*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    old = runs[max(keep, 0):]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
 def new_run_dir(command: str, now: datetime | None = None) -> Path:
-    """A fresh `.gpuprov/runs/<UTC time>-<command>/` directory for one run's artifacts."""
+    """A fresh `.gpuprov/runs/<UTC time>-<command>/` directory for one run's artifacts; the oldest
+    beyond the retention (KEEP_RUNS, counting this one) are removed first."""
     now = now or datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
+    keep = int(os.environ.get("GPUPROV_KEEP_RUNS", KEEP_RUNS))
+    prune_runs(keep - 1)
     path = state_dir() / "runs" / f"{stamp}-{command}"
     path.mkdir(parents=True, exist_ok=False)
     return path

@@ -103,3 +103,21 @@ def test_a_change_hidden_by_no_log_is_still_drift(tmp_path):
     assert [c.label() for c in again.tracker.changes] == [
         "1 of these (output hidden by no_log): Write the token, Loop over secrets"]
     assert all(SECRET not in c.label() for c in again.tracker.changes)
+
+
+def test_run_directories_are_rotated(tmp_path, monkeypatch):
+    """The newest GPUPROV_KEEP_RUNS run directories stay (the README states the retention); older ones,
+    artifacts and all, go when a new run starts."""
+    from datetime import UTC, datetime
+
+    from gpuprov import paths
+
+    monkeypatch.setenv("GPUPROV_ROOT", str(tmp_path))
+    monkeypatch.setenv("GPUPROV_KEEP_RUNS", "3")
+    runs = tmp_path / ".gpuprov" / "runs"
+    for day in range(1, 6):
+        (runs / f"2026110{day}T000000.000000Z-apply" / "artifacts").mkdir(parents=True)
+    new = paths.new_run_dir("check", now=datetime(2026, 12, 3, tzinfo=UTC))
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "20261104T000000.000000Z-apply", "20261105T000000.000000Z-apply", new.name]
+    assert paths.KEEP_RUNS == 200
