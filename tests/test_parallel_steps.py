@@ -63,13 +63,16 @@ def test_a_step_waits_for_the_step_it_names_and_is_not_run_when_that_one_failed(
     cmd = "date +%s.%N > {d}/{n}.start; sleep 1; date +%s.%N > {d}/{n}.end"
     steps = (f"images\t\t{cmd.format(d=stamp, n='images')}\n"
              f"uses\tafter:images\t{cmd.format(d=stamp, n='uses')}\n"
+             f"also\tafter:images\t{cmd.format(d=stamp, n='also')}\n"
              f"other\t\t{cmd.format(d=stamp, n='other')}\n"
              "broken\t\texit 4\n"
              f"after-broken\tafter:broken\ttouch {stamp}/ran\n")
-    out, results = _run(steps, 3, tmp_path)
+    out, results = _run(steps, 4, tmp_path)
     t = {n: (float((stamp / f"{n}.start").read_text()), float((stamp / f"{n}.end").read_text()))
-         for n in ("images", "uses", "other")}
+         for n in ("images", "uses", "also", "other")}
     assert t["uses"][0] >= t["images"][1], "a step started before the step it waits for had passed"
+    # Waiting for the same step is not a resource they share: both run at once after it.
+    assert t["also"][0] < t["uses"][1] and t["uses"][0] < t["also"][1], "two steps waiting for one ran in turn"
     assert t["other"][0] < t["images"][1], "a step that waits for nothing waited"
     assert results["broken"][0] == 4
     assert results["after-broken"][0] == 125 and not (stamp / "ran").exists()

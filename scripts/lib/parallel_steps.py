@@ -57,10 +57,15 @@ def dependencies(step: Step) -> set[str]:
     return {r[len(AFTER):] for r in step.resources if r.startswith(AFTER)}
 
 
+def held(step: Step) -> frozenset[str]:
+    """What the step holds while it runs (the steps it waits for are not held)."""
+    return frozenset(r for r in step.resources if not r.startswith(AFTER))
+
+
 def runnable(step: Step, running: list[Step], done: dict[str, int]) -> bool:
     if not all(done.get(name) == 0 for name in dependencies(step)):
         return False
-    return all(not (step.resources & other.resources) for other in running)
+    return all(not (held(step) & held(other)) for other in running)
 
 
 def failed_dependency(step: Step, done: dict[str, int]) -> str | None:

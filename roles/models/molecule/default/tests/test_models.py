@@ -184,7 +184,7 @@ HUB_REV = "0123456789abcdef0123456789abcdef01234567"
 
 def _from_hub(token):
     return run_role("models", {"models_name": "tiny-hub", "models_source": "hf",
-                               "models_hf_endpoint": "http://gpuprov-mirror/hub", "models_hf_token": token,
+                               "models_hf_endpoint": "https://gpuprov-mirror/hub", "models_hf_token": token,
                                "models_catalog_extra": {"tiny-hub": _entry(HUB_REV, "gpuprov-test/tiny-deepseek")}},
                     pre_roles=("gpu_facts",), limit=D12)
 
@@ -229,6 +229,9 @@ def test_path_source_verifies_only(d12):
     ({"models_name": "nope"}, "Check the model is in the catalog", "models_name 'nope' is not in the catalog"),
     ({"models_name": "deepseek-r1"}, "Check the model fits the GPUs", "needs 801.6 GiB of GPU memory"),
     ({"models_source": "mirror"}, "Check the source and its settings", "mirror needs models_mirror_url"),
+    # The token goes to the hub over https only.
+    ({"models_source": "hf", "models_hf_token": TOKEN, "models_hf_endpoint": "http://gpuprov-mirror/hub"},
+     "Check the source and its settings", "models_hf_endpoint over https"),
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
     assert_fails_before_any_change("models", extra, task, words, limit="gpu_servers")
