@@ -79,3 +79,11 @@ def docker_client():
         except Exception:  # noqa: BLE001
             pytest.fail(f"missing test image {image}: run scripts/build-test-images")
     return client
+
+
+def first_failure(events: list[dict]) -> tuple[str, str]:
+    """(task, message) of the first task that failed in a run's events (ignored failures left out)."""
+    failed = [e["event_data"] for e in events if e.get("event") == "runner_on_failed"
+              and not e["event_data"].get("ignore_errors")]
+    assert failed, "no task failed"
+    return failed[0]["task"], failed[0]["res"].get("msg", "")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import first_failure
 
 from gpuprov.runner import RunRequest, run
 
@@ -44,13 +45,6 @@ def _run(tmp_path: Path, monitoring: dict) -> tuple[int, Path, list[dict]]:
     return result.rc, changed, events
 
 
-def _failure(events: list[dict]) -> tuple[str, str]:
-    failed = [e["event_data"] for e in events if e.get("event") == "runner_on_failed"
-              and not e["event_data"].get("ignore_errors")]
-    assert failed, "no task failed"
-    return failed[0]["task"], failed[0]["res"].get("msg", "")
-
-
 def test_facts_of_hosts_outside_the_limit_are_gathered_for_the_run(tmp_path):
     rc, changed, _ = _run(tmp_path, {"m1": LOCAL, "m2": LOCAL})
     assert rc == 0
@@ -61,7 +55,7 @@ def test_facts_of_hosts_outside_the_limit_are_gathered_for_the_run(tmp_path):
 def test_a_host_whose_facts_cannot_be_had_fails_the_run_by_name_before_any_change(tmp_path):
     rc, changed, events = _run(tmp_path, {"m1": LOCAL, "m2": DOWN})
     assert rc != 0
-    task, msg = _failure(events)
+    task, msg = first_failure(events)
     assert task == "Check the needed facts are known of every host in monitoring"
     assert "these hosts lack them: m2." in msg and "ansible_default_ipv4.address" in msg
     assert "Nothing was changed" in msg

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import write_local_inventory
+from conftest import first_failure, write_local_inventory
 
 from gpuprov.runner import RunRequest, run
 
@@ -47,13 +47,6 @@ def _preflight(tmp_path: Path, inventory_dir: Path, **extra: str) -> tuple[int, 
     return result.rc, events, said[0] if said else ""
 
 
-def _failure(events: list[dict]) -> tuple[str, str]:
-    failed = [e["event_data"] for e in events if e.get("event") == "runner_on_failed"
-              and not e["event_data"].get("ignore_errors")]
-    assert failed, "nothing failed"
-    return failed[0]["task"], failed[0]["res"].get("msg", "")
-
-
 def test_each_inventory_has_a_ca_directory_of_its_own(tmp_path):
     rc_a, _, dir_a = _preflight(tmp_path, tmp_path / "inventories" / "prod")
     rc_b, _, dir_b = _preflight(tmp_path, tmp_path / "elsewhere" / "prod")
@@ -71,7 +64,7 @@ def test_a_passphrase_that_does_not_open_the_ca_key_fails_before_any_change(tmp_
     before = _ca_key(key, "another-inventorys-passphrase")
     rc, events, _ = _preflight(tmp_path, inv)
     assert rc != 0
-    task, msg = _failure(events)
+    task, msg = first_failure(events)
     assert task == "Check the CA key opens with tls_ca_passphrase"
     assert "does not open with tls_ca_passphrase" in msg and "Rotating the CA" in msg and "Nothing was changed" in msg
     assert PASSPHRASE not in json.dumps(events)
@@ -86,7 +79,7 @@ def test_a_ca_in_the_shared_directory_of_earlier_versions_is_named_not_replaced(
     before = _ca_key(legacy, PASSPHRASE)
     rc, events, _ = _preflight(tmp_path, tmp_path / "inventories" / "prod")
     assert rc != 0
-    task, msg = _failure(events)
+    task, msg = first_failure(events)
     assert task == "Check no earlier CA is left behind"
     assert "Move it to the inventory it belongs to" in msg and "mv .gpuprov/pki/ca.*" in msg
     assert legacy.read_bytes() == before
