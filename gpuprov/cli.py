@@ -171,12 +171,18 @@ def _interrupted(result) -> int:
     return EXIT_INTERRUPTED
 
 
-def locked(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run `fn` holding the inventory's lock: one run at a time per inventory on this controller."""
+def locked(command: str, fn: Callable[[argparse.Namespace], int],
+           needs_inventory: bool = True) -> Callable[[argparse.Namespace], int]:
+    """Run `fn` holding the inventory's lock: one run at a time per inventory on this controller.
+    Unless `needs_inventory` is false (lab up writes it), a missing lab inventory is refused first."""
 
     def run(args: argparse.Namespace) -> int:
         from gpuprov.lock import LockHeld, inventory_lock
 
+        missing = _inventory_missing(args.inventory) if needs_inventory else None
+        if missing:
+            print(f"gpuprov: {missing}", file=sys.stderr)
+            return EXIT_FAILED
         try:
             with inventory_lock(list(getattr(args, "inventory", [])), command, args.wait_lock):
                 return fn(args)
@@ -190,10 +196,6 @@ def locked(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[[a
 def run_play(args: argparse.Namespace, check: bool) -> int:
     from gpuprov import runner, tasks
 
-    missing = _inventory_missing(args.inventory)
-    if missing:
-        print(f"gpuprov: {missing}", file=sys.stderr)
-        return EXIT_FAILED
     req = _play_request(args, check)
     progress = display.Progress()
     progress_total = tasks.task_total(req, [str(i) for i in args.inventory])
@@ -228,10 +230,6 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
 def run_drift(args: argparse.Namespace) -> int:
     from gpuprov import drift
 
-    missing = _inventory_missing(args.inventory)
-    if missing:
-        print(f"gpuprov: {missing}", file=sys.stderr)
-        return EXIT_FAILED
     result, report = _drift_report(args, args.limit)
     if result.interrupted:
         return _interrupted(result)
@@ -266,10 +264,6 @@ def _drift_report(args: argparse.Namespace, limit: str | None):
 def run_fix(args: argparse.Namespace) -> int:
     from gpuprov import drift, fix, runner
 
-    missing = _inventory_missing(args.inventory)
-    if missing:
-        print(f"gpuprov: {missing}", file=sys.stderr)
-        return EXIT_FAILED
     if args.from_last:
         history = drift.read_history(drift.history_path(list(args.inventory)))
         if not history:
@@ -323,9 +317,10 @@ def run_fix(args: argparse.Namespace) -> int:
 def run_schedule(args: argparse.Namespace) -> int:
     from gpuprov import schedule
 
-    s = schedule.Schedule(list(args.inventory), getattr(args, "on_calendar", "hourly"),
-                          Path(args.metrics_file) if getattr(args, "metrics_file", None) else None,
-                          getattr(args, "playbook", "playbooks/site.yml"))
+    # remove has no schedule settings: the Schedule's own defaults name the same units.
+    settings = {k: getattr(args, k) for k in ("on_calendar", "playbook") if hasattr(args, k)}
+    metrics = getattr(args, "metrics_file", None)
+    s = schedule.Schedule(list(args.inventory), metrics_file=Path(metrics) if metrics else None, **settings)
     unit_dir = Path(args.unit_dir) if args.unit_dir else schedule.UNIT_DIR
     if args.schedule_command == "remove":
         removed = schedule.remove(s, unit_dir)
@@ -350,10 +345,6 @@ def run_schedule(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from gpuprov import runner, verify
 
-    missing = _inventory_missing(args.inventory)
-    if missing:
-        print(f"gpuprov: {missing}", file=sys.stderr)
-        return EXIT_FAILED
     req = runner.RunRequest(
         command="verify",
         playbook=args.playbook,
@@ -383,10 +374,6 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_facts(args: argparse.Namespace) -> int:
     from gpuprov import facts
 
-    missing = _inventory_missing(args.inventory)
-    if missing:
-        print(f"gpuprov: {missing}", file=sys.stderr)
-        return EXIT_FAILED
     result, collector = facts.gather(args.inventory, args.limit)
     rows = [facts.row(h, collector.facts[h]) for h in sorted(collector.facts)]
     print(display.table(facts.HEADERS, rows))
@@ -440,7 +427,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _lab(args: argparse.Namespace) -> int:
     # lab up applies site.yml to the lab inventory: it holds that inventory's lock like apply does.
     if args.lab_command == "up":
-        return locked("lab up", run_lab)(args)
+        return locked("lab up", run_lab, needs_inventory=False)(args)
     return run_lab(args)
 
 

@@ -25,14 +25,27 @@ def lab_inventory_dir() -> Path:
     return repo_root() / "inventories" / "lab"
 
 
+def effective_inventories(inventories: Sequence[str]) -> list[Path]:
+    """The inventories a run uses, resolved: the -i ones, else ANSIBLE_INVENTORY's, else none
+    (ansible.cfg's default, the lab)."""
+    if not inventories and os.environ.get("ANSIBLE_INVENTORY"):
+        inventories = os.environ["ANSIBLE_INVENTORY"].split(",")
+    return [Path(i).resolve() for i in inventories]
+
+
+def is_lab(inventories: Sequence[str]) -> bool:
+    """Whether a run with these -i inventories runs on the lab (none given, or the lab's own)."""
+    lab = lab_inventory_dir().resolve()
+    return all(p in (lab, lab / "hosts.yml") for p in effective_inventories(inventories))
+
+
 def inventory_key(inventories: Sequence[str]) -> str:
     """A name for what one set of inventories holds on this controller (its lock, its fact cache):
-    `lab` for the lab (no -i, ansible.cfg's default), else the first inventory's name and a hash of
-    every inventory's resolved path, so two inventories never share one."""
-    lab = lab_inventory_dir().resolve()
-    resolved = [Path(i).resolve() for i in inventories]
-    if not resolved or all(p in (lab, lab / "hosts.yml") for p in resolved):
+    `lab` for the lab, else the first inventory's name and a hash of every inventory's resolved
+    path, so two inventories never share one."""
+    if is_lab(inventories):
         return "lab"
+    resolved = effective_inventories(inventories)
     first = resolved[0]
     name = first.name if first.is_dir() else first.parent.name if first.stem in ("hosts", "inventory") else first.stem
     digest = hashlib.sha256("\n".join(sorted(map(str, resolved))).encode()).hexdigest()[:12]

@@ -102,12 +102,7 @@ def strategy_for(inventories: list[str]) -> str:
     ANSIBLE_STRATEGY=mitogen_linear."""
     if os.environ.get("ANSIBLE_STRATEGY"):
         return os.environ["ANSIBLE_STRATEGY"]
-    lab = paths.lab_inventory_dir().resolve()
-    if not inventories and os.environ.get("ANSIBLE_INVENTORY"):  # not ansible.cfg's: not the lab
-        inventories = os.environ["ANSIBLE_INVENTORY"].split(",")
-    if not inventories or all(Path(i).resolve() in (lab, lab / "hosts.yml") for i in inventories):
-        return MITOGEN
-    return "linear"
+    return MITOGEN if paths.is_lab(inventories) else "linear"
 
 
 def cmdline_string(args: list[str]) -> str:

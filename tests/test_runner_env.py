@@ -56,6 +56,8 @@ def test_the_lab_opts_in_to_mitogen(monkeypatch):
     assert strategy_for([str(lab), "/elsewhere/hosts.yml"]) == "linear"
     monkeypatch.setenv("ANSIBLE_INVENTORY", "/elsewhere/hosts.yml")  # no -i, but not ansible.cfg's lab
     assert strategy_for([]) == "linear"
+    # Nor does it share the lab's lock and fact cache.
+    assert paths.inventory_key([]) == paths.inventory_key(["/elsewhere/hosts.yml"]) != "lab"
 
 
 def test_facts_outlive_the_run_in_a_cache_of_the_inventorys_own(tmp_path):
