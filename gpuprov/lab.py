@@ -68,7 +68,7 @@ def _run_kwargs(host: LabHost) -> dict:
         detach=True,
         labels={LABEL: "1", "gpuprov.group": host.group, "gpuprov.os": host.os},
         cgroupns="host",
-        cap_add=["SYS_ADMIN", "NET_ADMIN"],
+        cap_add=["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"],
         security_opt=["seccomp=unconfined"],
         tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw,exec"},
         volumes={

@@ -554,8 +554,8 @@ def _firing(mon, since: float = 0.0) -> list[str]:
 def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_client):
     """The last lab test (it leaves alerts that take a while to resolve): Triton stopped, the API
     answers 503 with Retry-After, Prometheus fires TritonNotReady and GatewayBackendUnavailable (the
-    lab's default windows: 15 s scrapes, 60 s), and `gpuprov verify` on the monitoring host reports
-    it (the alert's summary)."""
+    lab's default windows: 15 s scrapes, 60 s) and, while requests keep failing, GatewaySuccessRateLow;
+    `gpuprov verify` on the monitoring host reports Triton's (the alert's summary)."""
     gpu, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
     # Only an alert that became active after the stop counts: the verify test before this one
     # stopped nginx, which Prometheus may have seen as Triton not ready, so first wait until no
@@ -582,6 +582,19 @@ def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_clie
             time.sleep(5)
             firing = _firing(mon, since=stopped)
         assert want <= set(firing), firing
+        # The seed's success rate as applications see it: every answer a 5xx while nothing can
+        # serve (one request every 1.5 s, below the key's refill rate, so none is a 429) until
+        # GatewaySuccessRateLow fires (the lab's window: 60 s; the ratio over 5 minutes, so the
+        # answers that succeeded before the stop count against it for a while). Only now: a
+        # request lets the breaker probe Triton, and a scrape in that moment would reset the
+        # open-breaker alert's window.
+        deadline = time.time() + 480
+        while time.time() < deadline and "GatewaySuccessRateLow" not in firing:
+            status, _, body = _chat(docker_client, USER_KEY, f"Still nobody? {time.time_ns()}")
+            assert status == 503 and body["error"]["code"] == "no_backend", (status, body)
+            time.sleep(1.5)
+            firing = _firing(mon, since=stopped)
+        assert "GatewaySuccessRateLow" in firing, firing
         out = run_gpuprov("verify", "--limit", MON, timeout=600)
         assert out.returncode == 1, out.stdout[-3000:]
         result, found = verify_rows(out.stdout)[(MON, "Prometheus: no alert firing")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,16 @@ def assert_fails_before_any_change(role: str, extra_vars: dict[str, Any], task: 
         assert sorted(h for h, _, _ in failures) == sorted(hosts), failures
     assert all((t == task if exact_task else task in t) and words in msg for _, t, msg in failures), failures
     assert all(r.changed == 0 for r in result.recaps)
+
+
+# The highest `systemd-analyze security` exposure a gpuprov unit may have (the README's figure).
+EXPOSURE_LIMIT = 4.0
+
+
+def exposure(host, unit: str) -> float:
+    """`systemd-analyze security UNIT`'s overall exposure level (0 best, 10 worst), printed too."""
+    out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert found, out
+    print(f"{unit}: exposure {found.group(1)}")
+    return float(found.group(1))

@@ -66,3 +66,26 @@ def test_service_group(host):
 
 def test_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def _as_nobody(host, command: str, groups: str = "--clear-groups"):
+    return host.run(f"setpriv --reuid=nobody --regid=nogroup {groups} {command}")
+
+
+def test_other_users_processes_are_hidden(host):
+    """/proc is mounted with hidepid=invisible, at boot (fstab) and now: another user cannot see
+    or read a root process's command line; a member of the exempt group can."""
+    gid = host.group("gpuprov-proc").gid
+    assert host.group("gpuprov-proc").exists and gid < 1000
+    live = host.run("findmnt --noheadings --output OPTIONS --mountpoint /proc").stdout.strip().split(",")
+    assert "hidepid=invisible" in live and f"gid={gid}" in live, live
+    fstab = [line.split() for line in host.file("/etc/fstab").content_string.splitlines()]
+    entry = next(f for f in fstab if len(f) > 3 and f[1] == "/proc")
+    assert entry[0] == "proc" and entry[2] == "proc" and "hidepid=invisible" in entry[3].split(","), entry
+    assert host.run("cat /proc/1/cmdline").rc == 0
+    hidden = _as_nobody(host, "cat /proc/1/cmdline")
+    assert hidden.rc != 0 and hidden.stdout == "", hidden.stdout
+    listed = _as_nobody(host, "ls /proc").stdout.split()
+    assert "1" not in listed
+    exempt = _as_nobody(host, "cat /proc/1/cmdline", groups=f"--groups {gid}")
+    assert exempt.rc == 0 and exempt.stdout != "", exempt.stderr

@@ -22,7 +22,10 @@ HOSTS = ["gpuprov-fw-debian12", "gpuprov-fw-debian13"]
 OUTSIDER = instance("gpuprov-fw-outsider")
 KEY = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "id_ed25519")
 CONVERGE = {"firewall_admin_cidrs": ["198.51.100.0/24", "2001:db8:100::/48"],
-            "firewall_client_cidrs": ["203.0.113.0/24"], "firewall_monitoring_extra_cidrs": ["192.0.2.50/32"]}
+            "firewall_client_cidrs": ["203.0.113.0/24"], "firewall_monitoring_extra_cidrs": ["192.0.2.50/32"],
+            "firewall_guarded_units": ["nginx", "prometheus-node-exporter", "node_exporter", "gpuprov-triton",
+                                       "gpuprov-gateway", "gpuprov-gpu-exporter", "gpuprov-guard-probe"]}
+PROBE = "gpuprov-guard-probe"
 
 
 def _ip(name: str) -> str:
@@ -112,6 +115,47 @@ def test_rules_come_back_after_a_reboot():
     assert state in ("running", "degraded")
     assert instance(name).service("gpuprov-firewall").is_enabled
     assert _eventually_loaded(name) == before
+
+
+def test_a_guarded_service_starts_only_while_the_table_is_loaded():
+    """Fail closed: a listening service (a stand-in unit here; nginx, the exporters, Triton and the
+    gateway in production) does not start while gpuprov's table is missing, starts once it is
+    loaded, and is not restarted when the firewall is."""
+    name = HOSTS[1]
+    host = instance(name)
+    dropin = host.file(f"/etc/systemd/system/{PROBE}.service.d/10-gpuprov-firewall.conf").content_string
+    assert "After=gpuprov-firewall.service" in dropin and "nft list table inet gpuprov" in dropin
+    for unit in ("nginx", "gpuprov-triton", "gpuprov-gateway", "prometheus-node-exporter"):
+        assert host.file(f"/etc/systemd/system/{unit}.service.d/10-gpuprov-firewall.conf").exists, unit
+    host.check_output(f"printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/{PROBE}.service"
+                      " && systemctl daemon-reload")
+    try:
+        host.check_output(f"systemctl start {PROBE}")
+        pid = host.check_output(f"systemctl show --property=MainPID --value {PROBE}")
+        host.check_output("systemctl restart gpuprov-firewall")
+        assert host.check_output(f"systemctl show --property=MainPID --value {PROBE}") == pid
+        host.check_output(f"systemctl stop {PROBE} && nft delete table inet gpuprov")
+        assert host.run(f"systemctl start {PROBE}").rc != 0
+        assert not host.service(PROBE).is_running
+        host.check_output("systemctl restart gpuprov-firewall")
+        _eventually_loaded(name)
+        host.check_output(f"systemctl reset-failed {PROBE}; systemctl start {PROBE}")
+        assert host.service(PROBE).is_running
+    finally:
+        host.run(f"systemctl stop {PROBE}; rm -f /etc/systemd/system/{PROBE}.service; systemctl daemon-reload;"
+                 " systemctl start gpuprov-firewall")
+
+
+def test_a_service_taken_off_the_list_loses_its_drop_in():
+    name = HOSTS[1]
+    kept = [u for u in CONVERGE["firewall_guarded_units"] if u != "nginx"]
+    try:
+        assert run_role("firewall", {**CONVERGE, "firewall_guarded_units": kept}, limit=name)[0].rc == 0
+        assert not instance(name).file("/etc/systemd/system/nginx.service.d/10-gpuprov-firewall.conf").exists
+        assert instance(name).file(f"/etc/systemd/system/{PROBE}.service.d/10-gpuprov-firewall.conf").exists
+    finally:
+        run_role("firewall", CONVERGE, limit=name)
+    assert instance(name).file("/etc/systemd/system/nginx.service.d/10-gpuprov-firewall.conf").exists
 
 
 def test_other_tables_are_left_alone():

@@ -9,7 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from gpuprov_molecule import assert_fails_before_any_change, assert_no_changes_in_check_mode, instance, run_role
+from gpuprov_molecule import (
+    EXPOSURE_LIMIT,
+    assert_fails_before_any_change,
+    assert_no_changes_in_check_mode,
+    exposure,
+    instance,
+    run_role,
+)
 
 HOSTS = ["gpuprov-gateway-debian12", "gpuprov-gateway-debian13"]
 APP = "molecule-gateway-app-key-00000000000000"
@@ -52,6 +59,8 @@ def test_runs_unprivileged_on_loopback_under_a_hardened_unit(name):
     assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/metrics") == "404"
     assert "gateway_breaker_state{backend=\"local\"} 0.0" in host.check_output("curl -sS http://127.0.0.1:9108/metrics")
     assert host.service("gpuprov-gateway-audit-prune.timer").is_enabled
+    for unit in ("gpuprov-gateway.service", "gpuprov-gateway-audit-prune.service"):
+        assert exposure(host, unit) <= EXPOSURE_LIMIT, unit
 
 
 @pytest.mark.parametrize("name", HOSTS)

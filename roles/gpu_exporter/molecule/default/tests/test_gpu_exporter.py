@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 
 from gpuprov_molecule import (
+    EXPOSURE_LIMIT,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    exposure,
     failed_tasks,
     instance,
     run_role,
@@ -49,6 +51,7 @@ def test_forced_on_the_unit_is_hardened_and_runs_the_exporter_unprivileged():
                  "MemoryDenyWriteExecute=true", "--port 9835", "--hostname gpuprov-gpuexp-forced"):
         assert line in unit
     assert FORCED.run(f"systemd-analyze verify /etc/systemd/system/{UNIT}.service").rc == 0
+    assert exposure(FORCED, f"{UNIT}.service") <= EXPOSURE_LIMIT
     assert FORCED.service(UNIT).is_enabled
     # The exporter itself ran, as its user, and stopped at the missing NVML (no driver here).
     log = FORCED.check_output(
@@ -57,6 +60,8 @@ def test_forced_on_the_unit_is_hardened_and_runs_the_exporter_unprivileged():
         f"journalctl -u {UNIT} --no-pager")
     assert "NVIDIA Management Library (NVML) not found" in log
     assert FORCED.user("gpu-exporter").shell == "/usr/sbin/nologin"
+    # It may see the processes that use a GPU, which base's /proc hidepid hides from other users.
+    assert "gpuprov-proc" in FORCED.user("gpu-exporter").groups
 
 
 def test_switching_back_to_auto_stops_the_exporter():

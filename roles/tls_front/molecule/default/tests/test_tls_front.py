@@ -73,6 +73,16 @@ def test_grpc_port_speaks_http2(name):
 
 
 @pytest.mark.parametrize("name", HOSTS)
+def test_nginx_takes_the_configuration_without_warnings(name):
+    """No deprecated directive on either nginx (Debian 13's 1.26 wants `http2 on;`), and the read
+    timeout outlasts the gateway's deadline (600 s by default)."""
+    checked = instance(name).run("nginx -t")
+    assert checked.rc == 0 and "deprecated" not in checked.stderr, checked.stderr
+    conf = instance(name).file("/etc/nginx/conf.d/gpuprov-front.conf").content_string
+    assert "proxy_read_timeout 610s;" in conf and "proxy_read_timeout 300s" not in conf
+
+
+@pytest.mark.parametrize("name", HOSTS)
 def test_every_request_is_in_the_audit_log_kept_180_days(name):
     host = instance(name)
     host.check_output(f"curl -sS -o /dev/null --cacert {CA} {READY}?audit-{name}")

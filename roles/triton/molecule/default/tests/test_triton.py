@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from gpuprov_molecule import (
+    EXPOSURE_LIMIT,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    exposure,
     failed_tasks,
     instance,
     run_role,
@@ -121,6 +123,23 @@ def test_tritons_own_apis_need_the_administrators_key(host):
     assert _admin_call(host, "GET", "/v2/models/stats", key=key)[0] == 200
     assert _admin_call(host, "GET", "/v2/health/ready")[0] == 200
     assert _post(host, "generate", {"text_input": "hello", "max_tokens": 2})[0][0] == 200
+
+
+def test_the_units_exposure_is_within_the_readmes_limit(host):
+    for unit in ("gpuprov-triton.service", "gpuprov-triton-canary.service"):
+        assert exposure(host, unit) <= EXPOSURE_LIMIT, unit
+
+
+def test_the_administrators_key_is_not_readable_by_other_users(host):
+    """The key is on tritonserver's command line (Triton takes it no other way): root reads it
+    there, another local user cannot see the process at all (base's /proc hidepid)."""
+    key = _admin_key(host)
+    pid = host.check_output("systemctl show --property=MainPID --value gpuprov-triton")
+    assert int(pid) > 0
+    assert key in host.file(f"/proc/{pid}/cmdline").content_string
+    other = host.run("setpriv --reuid=nobody --regid=nogroup --clear-groups"
+                     f" sh -c 'cat /proc/{pid}/cmdline; ps -eo args'")
+    assert key not in other.stdout and "tritonserver" not in other.stdout, other.stdout
 
 
 def test_generate_returns_text(host):
@@ -255,8 +274,11 @@ def test_debian13_is_refused():
     ({"triton_grpc_port": 8000}, "Check the settings", "three different ports"),
     ({"triton_model_path": "/nonexistent"}, "Check the model is in place", "No model at triton_model_path"),
     # The container runtime on a GPU host (the fact as recorded on an H200) without Docker.
-    ({"triton_runtime": "container", "ansible_local": {"gpu": H200}},
+    ({"triton_runtime": "container", "ansible_local": {"gpu": H200}, "triton_container_digest": "sha256:" + "ab" * 32},
      "Check Docker has the NVIDIA runtime", "Docker does not answer"),
+    # A tag alone does not pin the image a host gets.
+    ({"triton_runtime": "container", "ansible_local": {"gpu": H200}},
+     "Check the container image is pinned by digest", "needs triton_container_digest"),
     ({"triton_runtime": "container"}, "Check the host has GPUs", "needs NVIDIA GPUs, and the gpu fact shows none"),
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
