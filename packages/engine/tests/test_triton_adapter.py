@@ -124,18 +124,24 @@ def _fake_pb_utils():
     return m
 
 
-@pytest.fixture(scope="module")
-def model():
+def _make(**extra):
+    """The adapter initialised as Triton would, with the stand-in pb_utils in place."""
     sys.modules["triton_python_backend_utils"] = _fake_pb_utils()
     spec = importlib.util.spec_from_file_location("gpuprov_triton_model", ROOT / "triton" / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     params = {"model_path": str(TINY), "max_model_len": "256", "max_slots": "16", "max_queue": "8",
-              "default_max_tokens": "16", "max_tokens_limit": "200"}
+              "default_max_tokens": "16", "max_tokens_limit": "200", **extra}
     cfg = {"parameters": {k: {"string_value": v} for k, v in params.items()}}
     m = mod.TritonPythonModel()
     m.initialize({"model_config": json.dumps(cfg), "model_name": "tiny", "model_repository": str(ROOT),
                   "model_version": "1"})
+    return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = _make()
     yield m
     m.finalize()
     sys.modules.pop("triton_python_backend_utils", None)
@@ -248,3 +254,23 @@ def test_a_sender_that_fell_behind_sends_the_queued_tokens_in_one_response(model
     assert "".join(_text(r) for r in stream.sender.responses) == text
     final = stream.sender.responses[-1]
     assert int(final.outputs["num_output_tokens"].reshape(-1)[0]) == n_out
+
+
+def test_two_ranks_answer_as_one_process(model):
+    """tensor_parallel_size 2 on the CPU: the adapter starts a follower process (gloo) holding half
+    of the model; the greedy answer is the one-process model's, and finalize lets the follower
+    return."""
+    one = Request(text_input="Ansible provisions GPU servers", max_tokens=24)
+    model.execute([one])
+    assert one.sender.done.wait(60)
+    two_ranks = _make(tensor_parallel_size="2")
+    try:
+        (follower,) = two_ranks._followers
+        assert follower.is_alive()
+        two = Request(text_input="Ansible provisions GPU servers", max_tokens=24)
+        two_ranks.execute([two])
+        assert two.sender.done.wait(120)
+        assert _text(two.sender.responses[0]) == _text(one.sender.responses[0])
+    finally:
+        two_ranks.finalize()
+    assert follower.exitcode == 0

@@ -18,7 +18,9 @@ Metrics (Triton custom metrics, counters and gauges, on the metrics port):
 Parameters (config.pbtxt, all strings): model_path, apply_chat_template, default_max_tokens,
 max_tokens_limit, seed as in the role's model; new: max_model_len, max_slots, kv_cache_bytes,
 max_queue, prefill_tokens, cuda_graphs ("true"/"false"), engine_pythonpath (where gpuprov_engine
-lies if it is not importable; default: `src` beside this file's version folder, then beside it).
+lies if it is not importable; default: `src` beside this file's version folder, then beside it),
+tensor_parallel_size (default 1: above it, ranks 1..N-1 run as processes of their own on cuda:1..,
+or the CPU, started here and following this process's engine: gpuprov_engine.lockstep).
 """
 
 from __future__ import annotations
@@ -142,6 +144,17 @@ class TritonPythonModel:
         }.items() if v is not None}
         max_model_len = kw.get("max_model_len") or 4096
         limit = min(int(params.get("max_tokens_limit", "4096")), max_model_len - 1)
+        self._followers = []
+        tp = int(params.get("tensor_parallel_size") or "1")
+        if tp > 1:
+            from gpuprov_engine import lockstep
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            # In the Python backend sys.executable is the stub: the ranks run the venv's Python.
+            self._followers = lockstep.start_followers(
+                path, tp, device=device, dtype=dtype, python=os.path.join(sys.exec_prefix, "bin", "python3"))
+            kw.update(tp_rank=0, tp_size=tp, announce=True, dtype=dtype)
         self.engine = Engine(path, tokenizer=self.tok, max_tokens_limit=limit, **kw)
         self.max_tokens_limit = self.engine.max_tokens_limit
 
@@ -380,7 +393,13 @@ class TritonPythonModel:
             self._itl_count.increment(d)
 
     def finalize(self):
-        self.engine.shutdown()
+        self.engine.shutdown()  # with tensor parallelism, this also lets the follower ranks return
+        for p in self._followers:
+            p.join(30)
+        if self._followers:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
         self._stop.set()
         for t in self._threads:
             t.join(2)

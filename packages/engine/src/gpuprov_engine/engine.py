@@ -120,6 +120,10 @@ class Engine:
         eos_token_ids: Sequence[int] | None = None,
         seed: int = 0,
         start: bool = True,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        tp_group=None,
+        announce: bool = False,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -162,15 +166,28 @@ class Engine:
                              f"at least {min_slots} are needed")
         self.num_slots = int(slots)
         self.kv_cache_bytes = per_slot * self.num_slots
+        if tp_size > 1 and tp_rank != 0:
+            raise ValueError("the engine runs on rank 0; the other ranks run lockstep.follow")
+        if tp_size > 1 and announce:  # followers started by lockstep.start_followers wait for these
+            from .lockstep import announce as tell_followers
+
+            tell_followers(self.num_slots, self.max_model_len, tp_group)
         with torch.no_grad():
             self.dec = Decoder(model, num_slots=self.num_slots, max_len=self.max_model_len,
-                               device=self.device, dtype=self.dtype)
+                               device=self.device, dtype=self.dtype, tp_rank=tp_rank, tp_size=tp_size,
+                               tp_group=tp_group)
+        if tp_size > 1:  # the other ranks make each forward with it (lockstep.follow)
+            from .lockstep import Leader
+
+            self.dec = Leader(self.dec, tp_group)
+        self.tp_size = tp_size
         del model
         if on_cuda:
             torch.cuda.empty_cache()
         self.batch_buckets = _buckets(self.num_slots, batch_buckets)
         self.length_buckets = _buckets(self.dec.t_alloc, length_buckets)
-        self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs and on_cuda)
+        # Not with tensor parallelism yet: each rank would replay its own graphs of the all-reduces.
+        self.cuda_graphs = (on_cuda if cuda_graphs is None else bool(cuda_graphs and on_cuda)) and tp_size == 1
         # Prompt tokens per step: enough to fill a GPU; on a CPU fewer, so early arrivals start sooner.
         self.prefill_tokens = int(prefill_tokens or (2048 if on_cuda else 512))
         self.max_queue = int(max_queue)
@@ -310,6 +327,8 @@ class Engine:
             self._thread.join(timeout)
         for seq in list(self._live.values()):
             self._finish(seq, "cancelled", error="engine shut down")
+        if self.tp_size > 1:
+            self.dec.stop()
 
     def snapshot(self) -> dict:
         return self.metrics.snapshot()

@@ -12,6 +12,12 @@ Two entry points:
 - `decode(B, T)`: one token for each of the rows 0..B-1 (row == slot), attending to the first T
   positions; reads `tokens`/`positions` from static buffers and writes static `logits`/`greedy`
   buffers, so it can be captured in a CUDA graph per (B, T) bucket.
+
+Tensor parallelism (`tp_size` > 1, one process per rank in a torch.distributed group): each rank
+holds its share of the attention heads (and their KV heads and cache) and of the MLP's
+intermediate columns (Megatron's column/row split); the attention output and MLP projections are
+summed across ranks (all-reduce); embeddings, norms and the LM head are whole on every rank, so
+every rank computes the same logits. The ranks must make the same calls with the same inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def tensor_parallel_degree(gpu_count: int, num_heads: int, num_kv_heads: int) -> int:
+    """The largest power of two that is at most the GPU count and divides both the attention heads
+    and the KV heads (the container runtime's rule, with KV heads split too)."""
+    degree = 1
+    while degree * 2 <= gpu_count and num_heads % (degree * 2) == 0 and num_kv_heads % (degree * 2) == 0:
+        degree *= 2
+    return degree
 
 
 @dataclass
@@ -37,13 +53,21 @@ class Layer:
 class Decoder:
     """Weights (q/k/v and gate/up fused), rotary tables, the KV cache and the decode buffers."""
 
-    def __init__(self, hf_model, *, num_slots: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, hf_model, *, num_slots: int, max_len: int, device: torch.device, dtype: torch.dtype,
+                 tp_rank: int = 0, tp_size: int = 1, tp_group=None):
         cfg = hf_model.config
         self.device, self.dtype = device, dtype
         self.hidden = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or self.hidden // self.num_heads
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(cfg, "head_dim", None) or self.hidden // heads
+        inter = cfg.intermediate_size
+        if tp_size < 1 or heads % tp_size or kv % tp_size or inter % tp_size or not 0 <= tp_rank < tp_size:
+            raise ValueError(f"tensor parallel size {tp_size} (rank {tp_rank}) must divide the model's {heads} "
+                             f"attention heads, {kv} KV heads and {inter} MLP columns")
+        self.tp_rank, self.tp_size, self.tp_group = tp_rank, tp_size, tp_group
+        # This rank's heads (all of them without tensor parallelism).
+        self.num_heads, self.num_kv = heads // tp_size, kv // tp_size
         self.group = self.num_heads // self.num_kv
         self.eps = cfg.rms_norm_eps
         self.vocab = cfg.vocab_size
@@ -55,6 +79,16 @@ class Decoder:
         def w(t):
             return t.detach().to(device=device, dtype=dtype).contiguous()
 
+        r = tp_rank
+
+        def rows(t):  # this rank's share of the output rows (q/k/v heads, the MLP's gate/up columns)
+            step = t.shape[0] // tp_size
+            return t[r * step:(r + 1) * step]
+
+        def cols(t):  # this rank's share of the input columns (o_proj, down_proj)
+            step = t.shape[1] // tp_size
+            return t[:, r * step:(r + 1) * step]
+
         self.embed = w(inner.embed_tokens.weight)
         self.norm = w(inner.norm.weight)
         self.lm_head = w(hf_model.lm_head.weight)
@@ -64,13 +98,14 @@ class Decoder:
             bias = a.q_proj.bias is not None
             self.layers.append(Layer(
                 ln1=w(lyr.input_layernorm.weight),
-                qkv_w=w(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
-                qkv_b=w(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])) if bias else None,
-                o_w=w(a.o_proj.weight),
+                qkv_w=w(torch.cat([rows(a.q_proj.weight), rows(a.k_proj.weight), rows(a.v_proj.weight)])),
+                qkv_b=w(torch.cat([rows(a.q_proj.bias), rows(a.k_proj.bias), rows(a.v_proj.bias)]))
+                if bias else None,
+                o_w=w(cols(a.o_proj.weight)),
                 o_b=w(a.o_proj.bias) if a.o_proj.bias is not None else None,
                 ln2=w(lyr.post_attention_layernorm.weight),
-                gate_up_w=w(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
-                down_w=w(m.down_proj.weight),
+                gate_up_w=w(torch.cat([rows(m.gate_proj.weight), rows(m.up_proj.weight)])),
+                down_w=w(cols(m.down_proj.weight)),
             ))
         self.inter = self.layers[0].gate_up_w.shape[0] // 2
 
@@ -113,10 +148,21 @@ class Decoder:
         rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rot * sin
 
+    def _reduce(self, t):
+        """The sum of every rank's partial projection (nothing to do on one rank)."""
+        if self.tp_size > 1:
+            dist.all_reduce(t, group=self.tp_group)
+        return t
+
+    def _out(self, att, layer):
+        """o_proj: each rank's heads' share summed across ranks, the bias added once."""
+        y = self._reduce(F.linear(att, layer.o_w))
+        return y + layer.o_b if layer.o_b is not None else y
+
     def _mlp(self, x, layer):
         gu = F.linear(x, layer.gate_up_w)
         g, u = gu.split(self.inter, dim=-1)
-        return F.linear(F.silu(g) * u, layer.down_w)
+        return self._reduce(F.linear(F.silu(g) * u, layer.down_w))
 
     # -- decode (graph-capturable) -----------------------------------------------------------------
     def decode(self, B: int, T: int) -> None:
@@ -146,7 +192,7 @@ class Decoder:
             scores = scores.masked_fill(~mask, float("-inf"))
             p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
             att = torch.matmul(p, vals).reshape(B, H * D)
-            x = x + F.linear(att, layer.o_w, layer.o_b)
+            x = x + self._out(att, layer)
             x = x + self._mlp(self._rms(x, layer.ln2), layer)
         logits = F.linear(self._rms(x, self.norm), self.lm_head)
         self.logits[:B].copy_(logits)
@@ -204,7 +250,7 @@ class Decoder:
             else:
                 att = F.scaled_dot_product_attention(q.transpose(1, 2), keys, vals, attn_mask=mask, scale=self.scale)
             att = att.transpose(1, 2).reshape(N, Lc, H * D)
-            x = x + F.linear(att, layer.o_w, layer.o_b)
+            x = x + self._out(att, layer)
             x = x + self._mlp(self._rms(x, layer.ln2), layer)
         last = x[torch.arange(N, device=dev), (lens - 1).to(dev)]  # [N, hidden]
         return F.linear(self._rms(last, self.norm), self.lm_head)
