@@ -127,6 +127,8 @@ class Engine:
     ):
         from transformers import AutoModelForCausalLM
 
+        if tp_size > 1 and tp_rank != 0:
+            raise ValueError("the engine runs on rank 0; the other ranks run lockstep.follow")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         on_cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
@@ -166,8 +168,6 @@ class Engine:
                              f"at least {min_slots} are needed")
         self.num_slots = int(slots)
         self.kv_cache_bytes = per_slot * self.num_slots
-        if tp_size > 1 and tp_rank != 0:
-            raise ValueError("the engine runs on rank 0; the other ranks run lockstep.follow")
         if tp_size > 1 and announce:  # followers started by lockstep.start_followers wait for these
             from .lockstep import announce as tell_followers
 

@@ -68,15 +68,20 @@ def follow(dec: Decoder, group=None) -> int:
             n += 1
 
 
+def _join(device: str, rank: int, size: int, init_method: str) -> None:
+    """Join the group on this process's device: NCCL on a GPU (made current), gloo on the CPU."""
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group("nccl" if on_cuda else "gloo", init_method=init_method, rank=rank, world_size=size)
+
+
 def _follower(model_path: str, rank: int, size: int, init_method: str, device: str, dtype: str) -> None:
     """A follower process: join the group, take the leader's decoder settings, load this rank's
     share of the model and follow until the leader stops."""
     from transformers import AutoModelForCausalLM
 
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size)
+    _join(device, rank, size, init_method)
     try:
         _, num_slots, max_len = _broadcast(None, None)
         torch_dtype = getattr(torch, dtype)
@@ -112,9 +117,7 @@ def start_followers(model_path: str, size: int, *, device: str, dtype: torch.dty
              for r in range(1, size)]
     for p in procs:
         p.start()
-    if on_cuda:
-        torch.cuda.set_device(0)
-    dist.init_process_group("nccl" if on_cuda else "gloo", init_method=init, rank=0, world_size=size)
+    _join("cuda:0" if on_cuda else "cpu", 0, size, init)
     return procs
 
 
