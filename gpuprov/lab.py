@@ -139,6 +139,23 @@ def write_inventory(hosts: Iterable[LabHost], subnet: str = "", controller: str 
     return path
 
 
+def forget_facts(names: Iterable[str]) -> list[Path]:
+    """Remove these hosts' entries from the lab's fact cache; returns the files removed.
+
+    A lab container that is created or started again may get another address on the lab network
+    (Docker hands them out anew), and `gathering = smart` would otherwise take its cached facts
+    for up to a day: certificates, firewall rules and scrape targets made for the old address."""
+    cache = paths.fact_cache_dir([str(paths.lab_inventory_dir())])
+    if not cache.is_dir():
+        return []
+    wanted = set(names)
+    # ansible-core's jsonfile cache names a host's file after it, behind a schema prefix (s1_).
+    gone = [f for f in cache.iterdir() if f.name in wanted or f.name.partition("_")[2] in wanted]
+    for f in gone:
+        f.unlink(missing_ok=True)
+    return gone
+
+
 def lab_containers(dc: docker.DockerClient) -> list[Container]:
     return sorted(dc.containers.list(all=True, filters={"label": LABEL}), key=lambda c: c.name)
 
@@ -156,6 +173,9 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
     for c in lab_containers(dc):
         if c.name not in wanted:
             c.remove(force=True)
+    # Every lab host's facts are gathered again: a container created or restarted here may have a
+    # new address (one gather per host, in the run that follows).
+    forget_facts([h.name for h in hosts] + [c.name for c in lab_containers(dc)])
     for h in hosts:
         try:
             c = dc.containers.get(h.name)
@@ -181,6 +201,7 @@ def down() -> list[str]:
     for c in lab_containers(dc):
         c.remove(force=True)
         removed.append(c.name)
+    forget_facts(removed)
     try:
         dc.networks.get(NETWORK).remove()
     except NotFound:

@@ -41,7 +41,7 @@ def _used() -> set[str]:
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\([^()]*\)\s*\(", "(", text)  # by (labels) (
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    return words - {"sum", "max", "by", "rate", "time", "or", "and", "e6", "m", "histogram_quantile", "le"}
+    return words - {"sum", "max", "by", "rate", "time", "vector", "or", "and", "e6", "m", "histogram_quantile", "le"}
 
 
 def _model_metrics() -> set[str]:

@@ -485,6 +485,19 @@ def test_the_firewall_survives_an_nftables_restart(lab, docker_client, outsider)
     _firewall_holds(docker_client, outsider)
 
 
+def test_the_monitoring_host_lets_in_the_controller_only(lab, docker_client, outsider):
+    """Prometheus's UI and API have no authentication: the monitoring host's firewall lets this
+    machine (the lab's administrator) in and drops another container on the network."""
+    mon = docker_client.containers.get(MON)
+    ip = _ip(mon)
+    assert "table inet gpuprov" in _sh(mon, "nft list tables")[1]
+    assert _tcp_from_here(ip, 9090) == "open"
+    assert _curl_code(outsider, f"http://{ip}:9090/api/v1/targets") == 28
+    # Prometheus starts only once the table is loaded (the fail-closed drop-in).
+    rc, out = _sh(mon, "systemctl cat prometheus")
+    assert rc == 0 and "nft list table inet gpuprov" in out, out
+
+
 def test_triton_listens_on_loopback_only(lab, docker_client):
     gpu = docker_client.containers.get(HOST)
     rc, out = _sh(gpu, "ss -ltnH")

@@ -1,8 +1,9 @@
-"""The repository's top-level group_vars/ apply to every playbook in playbooks/.
+"""An inventory's group_vars decide, all.yml included: nothing beside the playbooks outranks them.
 
-Ansible reads group_vars beside the inventory and beside the playbook, never at the repo root;
-playbooks/group_vars links to ../group_vars. This runs a real playbook from playbooks/ through
-gpuprov's runner against localhost and checks which values the host really got.
+Ansible ranks a playbook directory's group_vars/all above an inventory's group_vars/all, so a
+project-wide group_vars/ linked beside playbooks/ made a site's group_vars/all.yml lose without a
+word. The project's policy lives in the roles' defaults only. This runs a real playbook from
+playbooks/ through gpuprov's runner against localhost and checks which values the host really got.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ PLAYBOOK = [
             {
                 "name": "Report",
                 "ansible.builtin.debug": {
-                    "msg": "{{ {'group': base_service_group, 'swappiness': base_swappiness} | to_json }}"
+                    "msg": "{{ {'group': base_service_group | default('unset'),"
+                    " 'swappiness': base_swappiness | default('unset')} | to_json }}"
                 },
             }
         ],
@@ -69,22 +71,16 @@ def _reported(playbook: Path, inv: Path) -> dict:
     return json.loads(msgs[0])
 
 
-def test_link_points_at_top_level_group_vars():
-    link = ROOT / "playbooks" / "group_vars"
-    assert link.is_symlink()
-    assert link.resolve() == (ROOT / "group_vars").resolve()
+def test_no_group_vars_beside_the_playbooks():
+    assert not (ROOT / "playbooks" / "group_vars").exists()
+    assert not (ROOT / "playbooks" / "host_vars").exists()
 
 
-def test_top_level_group_vars_apply(playbook_in_playbooks_dir, tmp_path):
-    top = yaml.safe_load((ROOT / "group_vars" / "all" / "gpuprov.yml").read_text())
-    got = _reported(playbook_in_playbooks_dir, _inventory(tmp_path, {}))
-    assert got == {"group": top["base_service_group"], "swappiness": top["base_swappiness"]}
-    # The value comes from group_vars, not from the role default (which is a different number).
-    assert top["base_swappiness"] == 10
+def test_an_inventorys_all_yml_reaches_the_play(playbook_in_playbooks_dir, tmp_path):
+    inv = _inventory(tmp_path, {"all": {"base_swappiness": 33, "base_service_group": "site"}})
+    assert _reported(playbook_in_playbooks_dir, inv) == {"group": "site", "swappiness": 33}
 
 
-def test_inventory_group_overrides_top_level_all(playbook_in_playbooks_dir, tmp_path):
-    inv = _inventory(tmp_path, {"gpu_servers": {"base_swappiness": 33}})
-    got = _reported(playbook_in_playbooks_dir, inv)
-    assert got["swappiness"] == 33
-    assert got["group"] == "gpuprov"
+def test_an_inventorys_group_file_reaches_the_play(playbook_in_playbooks_dir, tmp_path):
+    inv = _inventory(tmp_path, {"all": {"base_swappiness": 5}, "gpu_servers": {"base_swappiness": 33}})
+    assert _reported(playbook_in_playbooks_dir, inv) == {"group": "unset", "swappiness": 33}

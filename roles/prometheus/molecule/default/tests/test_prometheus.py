@@ -1,7 +1,8 @@
 """Prometheus on a monitoring host (Debian 12) whose inventory lists two GPU hosts that do not
 exist: targets come from the inventory (a host added to gpu_servers is scraped on the next run),
 the alert rules pass their promtool unit tests, a rule promtool refuses never replaces the live
-ones, and with Alertmanager on, the down targets' alert reaches it."""
+ones, and with Alertmanager on, the down targets' alert reaches it and the dead man's switch's
+heartbeat reaches its receiver; the services' units are hardened."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import os
 import time
 
 import pytest
-from gpuprov_molecule import assert_no_changes_in_check_mode, failed_tasks, instance, run_role
+from gpuprov_molecule import (
+    EXPOSURE_LIMIT,
+    assert_no_changes_in_check_mode,
+    exposure,
+    failed_tasks,
+    instance,
+    run_role,
+)
 
 MON = instance("gpuprov-prom-debian12")
 CA = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ca.crt")
@@ -28,7 +36,7 @@ def _gpu_host(address: str) -> dict:
 GPUS = {"gpu-a": _gpu_host("192.0.2.10"), "gpu-b": _gpu_host("192.0.2.11")}
 ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHigh", "GpuMemoryHigh", "HostMemoryHigh",
           "InferenceBacklog", "InferenceSuccessRateLow", "TargetDown", "TritonNotReady", "CertificateExpiringSoon",
-          "ConfigurationDrift", "DriftCheckStale"}
+          "ConfigurationDrift", "DriftCheckStale", "Watchdog"}
 
 
 def _prometheus(extra: dict | None = None, more_gpus: dict | None = None):
@@ -59,6 +67,19 @@ def _wait(predicate, seconds: int = 60):
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_services_are_hardened():
+    """Debian's Prometheus unit brings its own hardening; its blackbox exporter's has none (9.2), so
+    gpuprov's drop-in adds it, and the probes still run under it."""
+    for unit in ("prometheus.service", "prometheus-blackbox-exporter.service"):
+        assert exposure(MON, unit) <= EXPOSURE_LIMIT, unit
+    assert MON.service("prometheus-blackbox-exporter").is_running
+    # A probe still reaches its target under the sandbox: Prometheus over plain http answers 200
+    # (the module, which wants TLS, then fails the probe for that).
+    url = "http://127.0.0.1:9115/probe?module=gpuprov_triton_ready&target=http://127.0.0.1:9090/-/ready"
+    out = MON.check_output(f"curl -sS '{url}'")
+    assert "probe_http_status_code 200" in out, out
 
 
 def test_targets_are_generated_from_the_inventory():
@@ -125,6 +146,9 @@ def test_an_invalid_rule_is_refused_and_prometheus_keeps_serving():
     ({"prometheus_scrape_interval": "15 seconds"}, "'15 seconds'"),
     ({"prometheus_alert_success_ratio": 1.5}, "prometheus_alert_success_ratio in (0, 1]"),
     ({"prometheus_probe_ca_cert": "/nonexistent/ca.crt"}, "/nonexistent/ca.crt"),
+    # A receiver without any *_configs would take the alerts and tell no one.
+    ({"prometheus_alertmanager_enabled": True, "prometheus_alertmanager_receiver": {"name": "default"}},
+     "prometheus_alertmanager_receiver ('default') reaches no one"),
 ])
 def test_bad_input_fails_before_any_change(extra, words):
     result, events = _prometheus(extra)
@@ -133,10 +157,29 @@ def test_bad_input_fails_before_any_change(extra, words):
     assert result.recaps[0].changed == 0
 
 
-def test_alertmanager_receives_the_down_targets_alert():
+# A heartbeat service's stand-in on the monitoring host: it keeps the bodies Alertmanager posts.
+HEARTBEAT = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/var/tmp/heartbeats.jsonl", "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", 9998), H).serve_forever()
+"""
+
+
+def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
+    MON.run("systemctl stop gpuprov-test-heartbeat; rm -f /var/tmp/heartbeats.jsonl")
+    assert MON.run("systemd-run --unit gpuprov-test-heartbeat --collect python3 -c %s", HEARTBEAT).rc == 0
     with_am = {"prometheus_alertmanager_enabled": True, "prometheus_alert_target_down_for_seconds": 10,
                "prometheus_alertmanager_receiver": {"name": "lab-webhook",
-                                                   "webhook_configs": [{"url": "http://127.0.0.1:9999/alerts"}]}}
+                                                   "webhook_configs": [{"url": "http://127.0.0.1:9999/alerts"}]},
+               "prometheus_alertmanager_deadman_receiver": {
+                   "name": "heartbeat", "webhook_configs": [{"url": "http://127.0.0.1:9998/beat"}]},
+               "prometheus_alertmanager_deadman_interval": "10s"}
     result, events = _prometheus(with_am)
     assert result.rc == 0, failed_tasks(events)
     assert MON.service("prometheus-alertmanager").is_running
@@ -152,3 +195,16 @@ def test_alertmanager_receives_the_down_targets_alert():
     # Only the targets gpuprov generated: the package's example configuration never ran.
     assert {a["labels"].get("host") for a in alerts} == {"gpu-a", "gpu-b"}, alerts
     assert all(a["receivers"][0]["name"] == "lab-webhook" for a in alerts)
+    # The dead man's switch: Watchdog always fires, goes only to its own receiver, and keeps arriving.
+    def beats() -> list[dict]:
+        text = MON.run("cat /var/tmp/heartbeats.jsonl").stdout
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    got = _wait(lambda: len(found := beats()) >= 2 and found, 120)
+    assert got, beats()
+    assert all(b["receiver"] == "heartbeat" and {a["labels"]["alertname"] for a in b["alerts"]} == {"Watchdog"}
+               and b["status"] == "firing" for b in got), got
+    watchdog = [a for a in json.loads(MON.check_output("curl -sS http://127.0.0.1:9093/api/v2/alerts"))
+                if a["labels"]["alertname"] == "Watchdog"]
+    assert [r["name"] for a in watchdog for r in a["receivers"]] == ["heartbeat"], watchdog
+
