@@ -170,12 +170,12 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
     except NotFound:
         dc.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"})
     wanted = {h.name for h in hosts}
-    for c in lab_containers(dc):
-        if c.name not in wanted:
-            c.remove(force=True)
+    removed = [c for c in lab_containers(dc) if c.name not in wanted]
+    for c in removed:
+        c.remove(force=True)
     # Every lab host's facts are gathered again: a container created or restarted here may have a
     # new address (one gather per host, in the run that follows).
-    forget_facts([h.name for h in hosts] + [c.name for c in lab_containers(dc)])
+    forget_facts(wanted | {c.name for c in removed})
     for h in hosts:
         try:
             c = dc.containers.get(h.name)
