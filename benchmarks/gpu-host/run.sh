@@ -7,8 +7,11 @@
 #
 # Steps: the gpu fact on the real GPU (compared with tests/fixtures/gpu/h200-x1.expected.json);
 # gpu_facts + nvidia_driver + cuda (cuda_method none) applied, then the same in check mode, which
-# must report zero changes. Not run here, and said so in the summary: what needs systemd
-# (nvidia-persistenced, every service unit), the firewall, nginx, apt (no network).
+# must report zero changes; models with the path source over a 1.5B-shaped random model built on the
+# GPU (applied, checked, then one changed byte refused); gpu_exporter from the bundle's wheelhouse,
+# started with its unit's command line and user, its metric names against the recording. Not run
+# here, and said so in the summary: what needs systemd (nvidia-persistenced, every service unit),
+# the firewall, nginx, apt (no network).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BUNDLE=${GPUPROV_GPU_BUNDLE:-$ROOT/.gpuprov/gpu-host/bundle}
@@ -23,6 +26,10 @@ python3 -m venv "$work/venv"
   "$(grep -E '^ansible-core==' "$ROOT/constraints.txt")" || exit 1
 mkdir -p "$work/collections" && tar -xzf "$BUNDLE/collections.tar.gz" -C "$work/collections"
 
+# Modules run under the host's own Python when it has apt's bindings (as on a real host: the apt
+# module needs them and cannot install them without network), else under the bundle's venv.
+host_py=$work/venv/bin/python
+if /usr/bin/python3 -c 'import apt_pkg' 2>/dev/null; then host_py=/usr/bin/python3; fi
 cat > "$work/hosts.yml" <<INV
 all:
   children:
@@ -30,7 +37,7 @@ all:
       hosts:
         $(hostname -s):
           ansible_connection: local
-          ansible_python_interpreter: $work/venv/bin/python
+          ansible_python_interpreter: $host_py
 INV
 export ANSIBLE_COLLECTIONS_PATH="$work/collections" ANSIBLE_ROLES_PATH="$ROOT/roles" \
   ANSIBLE_LOCAL_TEMP="$work/tmp" ANSIBLE_REMOTE_TEMP="$work/tmp" ANSIBLE_NOCOLOR=1 \
@@ -39,11 +46,11 @@ export ANSIBLE_COLLECTIONS_PATH="$work/collections" ANSIBLE_ROLES_PATH="$ROOT/ro
 vars='{"nvidia_driver_persistenced": false}'
 id -u | grep -qx 0 || echo "not root: the roles write /etc (facts.d, profile.d); expect failures" >&2
 
-step() {  # NAME ARGS...: one ansible-playbook run, its log and its recap line
+step() {  # NAME ARGS...: one ansible-playbook run (PLAYBOOK, default site.yml), its log and its recap line
   local name=$1; shift
   local t0=$SECONDS
-  "$work/venv/bin/ansible-playbook" -i "$work/hosts.yml" "$ROOT/benchmarks/gpu-host/site.yml" -e "$vars" "$@" \
-    > "$OUT/$name.log" 2>&1
+  "$work/venv/bin/ansible-playbook" -i "$work/hosts.yml" "$ROOT/benchmarks/gpu-host/${PLAYBOOK:-site.yml}" \
+    -e "$vars" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   local recap
   recap=$(grep -A1 '^PLAY RECAP' "$OUT/$name.log" | tail -1 | tr -s ' ')
@@ -54,6 +61,74 @@ step() {  # NAME ARGS...: one ansible-playbook run, its log and its recap line
 step apply
 step check --check --diff
 step check-again --check --diff
+
+# models, `path` source: the 1.5B-shaped random model of the engine's benchmarks (built on the GPU,
+# bf16) with a manifest.json of its files; applied, checked (zero changes), then one byte of
+# config.json changed: the run must fail naming the file and leave it as it found it.
+MODEL=${GPUPROV_GPU_MODEL_DIR:-/tmp/gpuprov-ds15}
+if python3 "$ROOT/packages/engine/benchmarks/make_model.py" --out "$MODEL" > "$OUT/make-model.log" 2>&1; then
+  python3 - "$MODEL" <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+files = []
+for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    files.append({"path": str(f.relative_to(root)), "size": f.stat().st_size, "sha256": h.hexdigest()})
+(root / "manifest.json").write_text(json.dumps({"name": "deepseek-r1-distill-qwen-1.5b", "revision": "random-bf16",
+                                               "files": files}, indent=1) + "\n")
+PY
+  mvars="{\"models_source\": \"path\", \"models_path\": \"$MODEL\", \"models_name\": \"deepseek-r1-distill-qwen-1.5b\", \"models_group\": \"root\"}"
+  PLAYBOOK=models.yml step models-apply -e "$mvars"
+  PLAYBOOK=models.yml step models-check -e "$mvars" --check --diff
+  cp "$MODEL/config.json" "$work/config.json"
+  printf ' ' >> "$MODEL/config.json"
+  PLAYBOOK=models.yml step models-changed-file -e "$mvars"
+  cmp -s "$MODEL/config.json" "$work/config.json" && echo "models-changed-file: the role changed config.json" >&2
+  grep -o "file(s) in $MODEL are missing or do not match[^\"]*" "$OUT/models-changed-file.log" | head -1 \
+    > "$OUT/models-changed-file.txt"
+  cp "$work/config.json" "$MODEL/config.json"
+else
+  printf 'models-apply\t1\t0\tmake_model.py failed (make-model.log)\n' >> "$OUT/steps.tsv"
+fi
+
+# gpu_exporter: installed from the bundle's wheelhouse (the role's own wheel check found it complete)
+# and its unit written, checked (zero changes); the unit cannot be started here (no systemd), so the
+# exporter runs with the unit's own ExecStart and User, read from the unit file; its metrics, read
+# from the real NVML, against the names recorded in the repository.
+evars="{\"gpu_exporter_enabled\": true, \"gpu_exporter_controller_wheelhouse\": \"$BUNDLE/wheelhouse\"}"
+PLAYBOOK=gpu_exporter.yml step gpu-exporter-apply -e "$evars" --tags gpu_exporter_install,gpu_exporter_configure
+PLAYBOOK=gpu_exporter.yml step gpu-exporter-check -e "$evars" --tags gpu_exporter_install,gpu_exporter_configure --check --diff
+unit=/etc/systemd/system/gpuprov-gpu-exporter.service
+if [ -f "$unit" ]; then
+  user=$(sed -n 's/^User=//p' "$unit")
+  cmd=$(sed -n '/^ExecStart=/,/[^\\]$/p' "$unit" | sed 's/^ExecStart=//; s/\\$//' | tr '\n' ' ')
+  echo "runuser -u $user -- $cmd" > "$OUT/gpu-exporter-command.txt"
+  runuser -u "$user" -- $cmd > "$OUT/gpu-exporter.log" 2>&1 &
+  exporter=$!
+  port=$(grep -o -- '--port [0-9]*' <<<"$cmd" | cut -d' ' -f2)
+  for _ in $(seq 1 60); do
+    curl -sf "http://127.0.0.1:$port/metrics" > "$OUT/gpu-exporter.prom" 2>/dev/null && grep -q '^gpu_' "$OUT/gpu-exporter.prom" && break
+    sleep 1
+  done
+  kill "$exporter" 2>/dev/null
+  python3 - "$OUT/gpu-exporter.prom" "$ROOT/tests/fixtures/metrics/nvitop-exporter-1.7.2-h200.prom" \
+    > "$OUT/gpu-exporter-names.txt" <<'PY'
+import sys
+def names(path):
+    return {ln.split("{")[0].split()[0] for ln in open(path) if ln.strip() and not ln.startswith("#")}
+here, recorded = names(sys.argv[1]), names(sys.argv[2])
+gpu = lambda s: {n for n in s if n.startswith(("gpu_", "host_", "process_"))}
+print(f"served {len(here)} names ({len(gpu(here))} gpu_/host_/process_), recorded {len(recorded)}")
+print("recorded but not served:", sorted(gpu(recorded) - here) or "none")
+print("served but not recorded:", sorted(gpu(here) - recorded) or "none")
+PY
+else
+  echo "gpu-exporter: no unit written ($unit)" > "$OUT/gpu-exporter-names.txt"
+fi
 
 # The fact as the role installed it, read on the real GPU, against the recording in the repository.
 /etc/ansible/facts.d/gpu.fact > "$OUT/gpu-fact.json" 2> "$OUT/gpu-fact.err"
@@ -75,7 +150,7 @@ for line in (out / "steps.tsv").read_text().splitlines():
     name, rc, secs, recap = line.split("\t")
     counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", recap))
     steps.append({"step": name, "rc": int(rc), "seconds": int(secs), **counts})
-not_run = ["nvidia-persistenced and every systemd unit (no systemd on this machine)",
+not_run = ["nvidia-persistenced and every systemd unit (no systemd on this machine; the GPU exporter ran with its unit's command line and user instead)",
            "apt installs (no network: the driver's install path, the CUDA toolkit methods)",
            "firewall (nftables), the TLS front (nginx), Prometheus, the exporters' units",
            "reboot handling"]

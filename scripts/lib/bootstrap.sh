@@ -8,6 +8,8 @@
 # usage (sourced): bootstrap_venv [runtime|test]
 GPUPROV_ROOT="${GPUPROV_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 VENV="${GPUPROV_VENV:-$GPUPROV_ROOT/.venv}"
+# Every wheel of the controller's venv, pinned by its sha256 (scripts/lock writes it).
+_WHEEL_LOCK=scripts/data/controller-wheels.sha256
 
 _bootstrap_python() {
   local py
@@ -29,8 +31,9 @@ _bootstrap_python() {
   echo "$py"
 }
 
+# The wheels' lock is part of the key: a changed lock checks the wheels again in a new venv.
 _pins_hash() {
-  cat "$GPUPROV_ROOT/pyproject.toml" "$GPUPROV_ROOT/constraints.txt" | sha256sum | cut -c1-32
+  cat "$GPUPROV_ROOT/pyproject.toml" "$GPUPROV_ROOT/constraints.txt" "$GPUPROV_ROOT/$_WHEEL_LOCK" | sha256sum | cut -c1-32
 }
 
 # The keyed venv for these pins: a test venv also serves the runtime, so take it when it exists.
@@ -91,7 +94,19 @@ PY
 ) || return 1
   echo "gpuprov: installing pinned dependencies into $VENV ($extra)" >&2
   printf '%s\n' "$reqs" >"$VENV/requirements.txt"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -r "$VENV/requirements.txt" -c "$GPUPROV_ROOT/constraints.txt" 2> >(grep -v "is ignored: it is neither" >&2) || return 1
+  # Downloaded first and checked against the repository's lock, then installed from that directory
+  # only: a wheel whose sha256 is not the pinned one is refused before anything is installed.
+  local wheels
+  wheels=$(mktemp -d) || return 1
+  if ! "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+      --dest "$wheels" -r "$VENV/requirements.txt" -c "$GPUPROV_ROOT/constraints.txt" 2> >(grep -v "is ignored: it is neither" >&2) ||
+    ! "$VENV/bin/python" "$GPUPROV_ROOT/roles/_common/files/check_wheels.py" "$GPUPROV_ROOT/$_WHEEL_LOCK" "$wheels" \
+      $([ "${GPUPROV_WHEELS_RECORD:-}" = 1 ] && echo --record) ||
+    ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
+      -r "$VENV/requirements.txt" -c "$GPUPROV_ROOT/constraints.txt"; then
+    rm -rf "$wheels"
+    return 1
+  fi
+  rm -rf "$wheels"
   echo "$want" >"$VENV/.gpuprov-stamp"
 }

@@ -72,6 +72,18 @@ def _rank(rank: int, size: int, port: int, results) -> None:
     try:
         results.put((rank, _greedy(_decoder(rank, size))))
     finally:
+        leave()
+
+
+def leave() -> None:
+    """Leave the group once both ranks are through their last collective: gloo aborts (SIGABRT) a
+    rank that tears its connections down while its peer is still closing them (seen once in about
+    twenty runs). A peer that is gone fails the barrier at once; the group is destroyed all the same."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 
@@ -123,7 +135,7 @@ def _engine_rank(rank: int, size: int, port: int, results) -> None:
                           tp_rank=rank, tp_size=size)
             results.put((rank, follow(dec)))
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 def _drain(q) -> list[int]:

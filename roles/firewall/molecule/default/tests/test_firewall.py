@@ -95,6 +95,64 @@ def test_outsider_is_dropped():
     assert _dropped(OUTSIDER, ip, 8443)
 
 
+# Docker's way of publishing a port, without Docker: a DNAT in prerouting (table ip of its own, as
+# Docker's) to a service in a network namespace behind a veth pair (a container on its bridge).
+PUBLISH = """set -e
+ip netns add gpuprov-pub
+ip link add gpv0 type veth peer name gpv1
+ip link set gpv1 netns gpuprov-pub
+ip addr add 10.213.0.1/30 dev gpv0
+ip link set gpv0 up
+ip netns exec gpuprov-pub ip addr add 10.213.0.2/30 dev gpv1
+ip netns exec gpuprov-pub ip link set gpv1 up
+ip netns exec gpuprov-pub ip link set lo up
+ip netns exec gpuprov-pub ip route add default via 10.213.0.1
+nft -f - <<'NFT'
+table ip gpuprov_test_nat {
+    chain prerouting {
+        type nat hook prerouting priority dstnat;
+        tcp dport { 8443, 18080 } dnat to 10.213.0.2:8080
+    }
+}
+NFT
+setsid ip netns exec gpuprov-pub python3 -m http.server 8080 >/dev/null 2>&1 < /dev/null &
+for i in $(seq 1 50); do
+    ip netns exec gpuprov-pub python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8080), 1)' \\
+        2>/dev/null && exit 0
+    sleep 0.2
+done
+exit 1
+"""
+UNPUBLISH = ("ip netns pids gpuprov-pub | xargs -r kill; nft delete table ip gpuprov_test_nat;"
+             " ip link delete gpv0; ip netns delete gpuprov-pub")
+
+
+def test_a_published_port_gets_the_input_chains_sources():
+    """A port published the way Docker does it is DNATed before the input chain: the forward chain
+    keeps the outsider out of it, lets it in once its address is among the clients (8443 is a client
+    port), and keeps an unlisted published port (18080) closed to it even then."""
+    name = HOSTS[0]
+    host, outsider_ip, ip = instance(name), _ip("gpuprov-fw-outsider"), _ip(name)
+    assert "ct status dnat ct direction original jump published" in _table(name)
+    host.run(UNPUBLISH)
+    host.check_output(PUBLISH)
+    try:
+        # The stand-in answers through the DNAT when nothing filters it (gpuprov's table away).
+        host.check_output("nft delete table inet gpuprov")
+        assert OUTSIDER.run(f"curl -sS -o /dev/null --connect-timeout 3 http://{ip}:18080/").rc == 0
+        host.check_output("systemctl restart gpuprov-firewall")
+        _eventually_loaded(name)
+        assert _dropped(OUTSIDER, ip, 8443) and _dropped(OUTSIDER, ip, 18080)
+        host.check_output(f"nft add element inet gpuprov clients_v4 '{{ {outsider_ip} }}'")
+        assert OUTSIDER.run(f"curl -sS -o /dev/null --connect-timeout 3 http://{ip}:8443/").rc == 0
+        assert _dropped(OUTSIDER, ip, 18080)
+        assert "published port, source not allowed" in _table(name)
+    finally:
+        host.run(UNPUBLISH)
+        host.run("systemctl restart gpuprov-firewall")
+        _eventually_loaded(name)
+
+
 @pytest.mark.parametrize("name", HOSTS)
 def test_rules_come_back_after_an_nftables_restart(name):
     host = instance(name)

@@ -184,6 +184,11 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
     assert result.rc == 0, failed_tasks(events)
     assert MON.service("prometheus-alertmanager").is_running
     assert MON.run("amtool check-config /etc/prometheus/alertmanager.yml").rc == 0
+    # Debian's unit has no sandbox: gpuprov's drop-in adds one, and the HA gossip port (Debian's
+    # default 0.0.0.0:9094, unauthenticated) is off: only the API listens.
+    assert exposure(MON, "prometheus-alertmanager.service") <= EXPOSURE_LIMIT
+    listening = MON.check_output("ss -Htlnp")
+    assert ":9093 " in listening and ":9094 " not in listening, listening
     # The two GPU hosts in the inventory do not exist: TargetDown fires and reaches Alertmanager.
     def down() -> list[dict]:
         return [a for a in json.loads(MON.check_output("curl -sS http://127.0.0.1:9093/api/v2/alerts"))

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from gpuprov_molecule import (
+    EXPOSURE_LIMIT,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    exposure,
     failed_tasks,
     instance,
     run_role,
@@ -80,6 +82,20 @@ def test_nginx_takes_the_configuration_without_warnings(name):
     assert checked.rc == 0 and "deprecated" not in checked.stderr, checked.stderr
     conf = instance(name).file("/etc/nginx/conf.d/gpuprov-front.conf").content_string
     assert "proxy_read_timeout 610s;" in conf and "proxy_read_timeout 300s" not in conf
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_nginx_runs_sandboxed(name):
+    """Debian's nginx unit has no sandbox (9.6): gpuprov's drop-in brings it within the limit, and
+    nginx still serves, reloads (a new worker generation) and writes the audit log under it."""
+    host = instance(name)
+    assert exposure(host, "nginx.service") <= EXPOSURE_LIMIT
+    show = host.check_output("systemctl show nginx --property=ProtectSystem,NoNewPrivileges,CapabilityBoundingSet")
+    assert "ProtectSystem=strict" in show and "NoNewPrivileges=yes" in show and "cap_sys_admin" not in show
+    host.check_output("systemctl reload nginx")
+    out = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --cacert {CA} {READY}?sandboxed")
+    assert out.stdout == "200", out.stderr
+    assert "?sandboxed" in host.file("/var/log/gpuprov/api-access.log").content_string
 
 
 @pytest.mark.parametrize("name", HOSTS)
