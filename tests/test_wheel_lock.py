@@ -74,6 +74,8 @@ def test_wheels_built_from_the_checkout_are_not_looked_up(wheelhouse):
     (wheels / "gpuprov_gateway-0.1.0-py3-none-any.whl").write_bytes(b"built here")
     assert _check(lock, wheels).returncode == 1
     assert _check(lock, wheels, "--local", "gpuprov_gateway-0.1.0-py3-none-any.whl").returncode == 0
+    (wheels / ".local").write_text("gpuprov_gateway-0.1.0-py3-none-any.whl\n")
+    assert _check(lock, wheels, "--local-file", str(wheels / ".local")).returncode == 0
 
 
 def test_a_malformed_lock_is_an_error_not_a_pass(wheelhouse):
@@ -119,3 +121,7 @@ def test_the_controllers_lock_covers_every_pin():
             if "==" in line and not line.startswith("#")]
     missing = [f"{n}=={v}" for n, v in pins if (_norm(n), v.strip()) not in locked]
     assert pins and missing == []
+    # The controllers' Pythons the bootstrap's message names: compiled wheels for both.
+    text = (ROOT / "scripts/data/controller-wheels.sha256").read_text()
+    for tag in ("cp311-cp311", "cp312-cp312"):
+        assert f"pyyaml-6.0.4-{tag}-" in text and f"numpy-1.26.4-{tag}-" in text, tag

@@ -18,7 +18,8 @@ BUNDLE=${GPUPROV_GPU_BUNDLE:-$ROOT/.gpuprov/gpu-host/bundle}
 OUT=${OUT:-$ROOT/.gpuprov/gpu-host/out}
 mkdir -p "$OUT"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# The models step changes a byte of the model's config.json on purpose: an interrupted run puts it back.
+trap '[ ! -f "$work/config.json" ] || cp "$work/config.json" "${MODEL:?}/config.json"; rm -rf "$work"' EXIT
 
 (cd "$BUNDLE" && sha256sum -c --quiet SHA256SUMS) || { echo "bundle does not match its SHA256SUMS" >&2; exit 1; }
 python3 -m venv "$work/venv"
@@ -90,7 +91,7 @@ PY
   cmp -s "$MODEL/config.json" "$work/config.json" && echo "models-changed-file: the role changed config.json" >&2
   grep -o "file(s) in $MODEL are missing or do not match[^\"]*" "$OUT/models-changed-file.log" | head -1 \
     > "$OUT/models-changed-file.txt"
-  cp "$work/config.json" "$MODEL/config.json"
+  cp "$work/config.json" "$MODEL/config.json" && rm "$work/config.json"
 else
   printf 'models-apply\t1\t0\tmake_model.py failed (make-model.log)\n' >> "$OUT/steps.tsv"
 fi

@@ -105,6 +105,9 @@ PY
     ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
       -r "$VENV/requirements.txt" -c "$GPUPROV_ROOT/constraints.txt"; then
     rm -rf "$wheels"
+    echo "gpuprov: the controller's venv was not installed: its wheels must download for this Python" \
+      "($("$VENV/bin/python" -c 'import platform; print(platform.python_version(), platform.machine())')) and match" \
+      "$_WHEEL_LOCK (Python 3.11 and 3.12 on x86_64 are locked; scripts/lock adds others)" >&2
     return 1
   fi
   rm -rf "$wheels"

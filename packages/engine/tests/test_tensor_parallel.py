@@ -68,23 +68,25 @@ def _rank(rank: int, size: int, port: int, results) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    _join(rank, size, port)
     try:
         results.put((rank, _greedy(_decoder(rank, size))))
-    finally:
-        leave()
-
-
-def leave() -> None:
-    """Leave the group once both ranks are through their last collective: gloo aborts (SIGABRT) a
-    rank that tears its connections down while its peer is still closing them (seen once in about
-    twenty runs). A peer that is gone fails the barrier at once; the group is destroyed all the same."""
-    import torch.distributed as dist
-
-    try:
-        dist.barrier()
+        dist.barrier()  # both ranks through their last collective (see _join)
     finally:
         dist.destroy_process_group()
+
+
+def _join(rank: int, size: int, port: int) -> None:
+    """Join the two-rank gloo group with a 2-minute timeout, so a rank whose peer failed fails too
+    instead of waiting out gloo's default 30 minutes. Each rank meets the other at a barrier after its
+    last collective, on the success path only: gloo aborted (SIGABRT) a rank that tore its connections
+    down while its peer was still closing them (seen once in about twenty runs)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=120))
 
 
 def _two_ranks(target) -> dict:
@@ -97,10 +99,15 @@ def _two_ranks(target) -> dict:
     procs = [ctx.Process(target=target, args=(r, 2, port, results)) for r in range(2)]
     for p in procs:
         p.start()
-    got = dict(results.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        got = dict(results.get(timeout=240) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:  # a rank left waiting on a failed peer must not hang pytest's exit
+            if p.is_alive():
+                p.terminate()
     return got
 
 
@@ -118,7 +125,7 @@ def _engine_rank(rank: int, size: int, port: int, results) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    _join(rank, size, port)
     try:
         if rank == 0:
             eng = Engine(str(TINY), device="cpu", max_model_len=64, max_slots=16, tp_rank=0, tp_size=size)
@@ -134,8 +141,9 @@ def _engine_rank(rank: int, size: int, port: int, results) -> None:
             dec = Decoder(model, num_slots=16, max_len=64, device=torch.device("cpu"), dtype=torch.float32,
                           tp_rank=rank, tp_size=size)
             results.put((rank, follow(dec)))
+        dist.barrier()  # both ranks through their last collective (see _join)
     finally:
-        leave()
+        dist.destroy_process_group()
 
 
 def _drain(q) -> list[int]:

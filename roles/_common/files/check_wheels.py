@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Check a freshly downloaded wheelhouse against the repository's lock before anything uses it.
 
-usage: check_wheels.py LOCK DIR [--local NAME]... [--record]
+usage: check_wheels.py LOCK DIR [--local NAME]... [--local-file FILE] [--record]
 
 LOCK lists, in sha256sum's format, every wheel the project has reviewed (for each Python version
 and platform it supports). Every wheel in DIR but the ones built from the checkout (--local) must
-be in it with the same sha256; a wheel that differs is refused, one that is missing is refused too
+be in it with the same sha256 (--local-file: one such name per line); a wheel that differs is refused, one that is missing is refused too
 unless --record (a maintainer adding a new pin) appends it to LOCK for review and commit. A
 mismatch is never recorded. Exit 0 when every wheel checks, 1 otherwise, with one line per wheel.
 """
@@ -72,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lock", type=Path)
     parser.add_argument("wheels", type=Path)
     parser.add_argument("--local", action="append", default=[], help="a wheel built from the checkout")
+    parser.add_argument("--local-file", type=Path, help="the names of wheels built from the checkout, one a line")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    problems = check(args.lock, args.wheels, set(args.local), args.record)
+    local = set(args.local)
+    if args.local_file:
+        local |= {line.strip() for line in args.local_file.read_text().splitlines() if line.strip()}
+    problems = check(args.lock, args.wheels, local, args.record)
     for line in problems:
         print(f"wheel refused: {line}", file=sys.stderr)
     return 1 if problems else 0

@@ -187,7 +187,7 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
     # Debian's unit has no sandbox: gpuprov's drop-in adds one, and the HA gossip port (Debian's
     # default 0.0.0.0:9094, unauthenticated) is off: only the API listens.
     assert exposure(MON, "prometheus-alertmanager.service") <= EXPOSURE_LIMIT
-    listening = MON.check_output("ss -Htlnp")
+    listening = MON.check_output("ss -Htulnp")
     assert ":9093 " in listening and ":9094 " not in listening, listening
     # The two GPU hosts in the inventory do not exist: TargetDown fires and reaches Alertmanager.
     def down() -> list[dict]:
@@ -213,3 +213,42 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
                 if a["labels"]["alertname"] == "Watchdog"]
     assert [r["name"] for a in watchdog for r in a["receivers"]] == ["heartbeat"], watchdog
 
+
+
+def test_a_node_exporter_behind_basic_auth_is_scraped_with_its_credentials():
+    """The defect: a node exporter with basic auth on (node_exporter_web_config) was scraped without
+    credentials, so its target was down (401). A node exporter on the monitoring host itself, asking
+    for basic auth, stands for a GPU host's: without prometheus_node_exporter_basic_auth its target is
+    down with a 401, with it the target is up; the password is in a root:prometheus 0640 file and
+    nowhere in prometheus.yml."""
+    password = f"scrape-{time.time_ns()}"
+    hashed = MON.check_output(
+        f"python3 -W ignore -c \"import crypt; print(crypt.crypt('{password}', crypt.mksalt(crypt.METHOD_BLOWFISH)))\"")
+    assert hashed.startswith("$2")
+    web = {"node_exporter_web_config": {"basic_auth_users": {"prometheus": hashed}}}
+    result, events = run_role("node_exporter", web, hosts="monitoring")
+    assert result.rc == 0, failed_tasks(events)
+    me = {"mon-node": _gpu_host(MON.check_output("hostname -I").split()[0])}
+
+    def node_target() -> dict:
+        found = [t for t in _api("v1/targets")["data"]["activeTargets"]
+                 if t["labels"]["job"] == "node" and t["labels"].get("host") == "mon-node"]
+        return found[0] if found and found[0]["health"] != "unknown" else {}
+
+    try:
+        result, events = _prometheus(more_gpus=me)
+        assert result.rc == 0, failed_tasks(events)
+        target = _wait(node_target)
+        assert target and target["health"] == "down" and "401" in target["lastError"], target
+        auth = {"prometheus_node_exporter_basic_auth": {"username": "prometheus", "password": password}}
+        result, events = _prometheus(auth, more_gpus=me)
+        assert result.rc == 0, failed_tasks(events)
+        target = _wait(lambda: (t := node_target()) and t["health"] == "up" and t)
+        assert target, node_target()
+        secret = MON.file("/etc/prometheus/node-exporter.password")
+        assert (secret.user, secret.group, secret.mode) == ("root", "prometheus", 0o640)
+        assert password not in MON.file("/etc/prometheus/prometheus.yml").content_string
+        assert password not in json.dumps(events)  # no_log: not in the run's output either
+    finally:
+        _prometheus()
+    assert not MON.file("/etc/prometheus/node-exporter.password").exists

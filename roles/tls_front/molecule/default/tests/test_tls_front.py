@@ -13,6 +13,7 @@ from gpuprov_molecule import (
     EXPOSURE_LIMIT,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    check_mode_changes,
     exposure,
     failed_tasks,
     instance,
@@ -96,6 +97,25 @@ def test_nginx_runs_sandboxed(name):
     out = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --cacert {CA} {READY}?sandboxed")
     assert out.stdout == "200", out.stderr
     assert "?sandboxed" in host.file("/var/log/gpuprov/api-access.log").content_string
+
+
+def test_a_sandbox_change_whose_restart_was_lost_is_drift_and_applied():
+    """A run that wrote the drop-in and then failed never ran its restart handler: the next runs must
+    not leave nginx on the old sandbox. Its drop-in newer than nginx's start shows as a change in check
+    mode, an apply restarts nginx, and the check after it is clean."""
+    name = HOSTS[0]
+    host = instance(name)
+    dropin = "/etc/systemd/system/nginx.service.d/10-gpuprov-hardening.conf"
+    pid = host.check_output("systemctl show --property=MainPID --value nginx")
+    host.check_output(f"sleep 1; touch {dropin}")
+    changes = check_mode_changes()
+    restart = "Restart the unit to apply its changed files (nginx)"
+    assert [c for c in changes if c.startswith(f"{name}: ") and restart in c], changes
+    assert host.check_output("systemctl show --property=MainPID --value nginx") == pid  # check mode did nothing
+    result, events = run_role("tls_front", {"tls_front_grpc_enabled": True}, limit=name)  # converge's settings
+    assert result.rc == 0, failed_tasks(events)
+    assert host.check_output("systemctl show --property=MainPID --value nginx") != pid
+    assert_no_changes_in_check_mode()
 
 
 @pytest.mark.parametrize("name", HOSTS)

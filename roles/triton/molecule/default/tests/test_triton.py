@@ -130,6 +130,20 @@ def test_the_units_exposure_is_within_the_readmes_limit(host):
         assert exposure(host, unit) <= EXPOSURE_LIMIT, unit
 
 
+def test_the_python_backend_stub_is_roots_and_not_writable_by_the_service(host):
+    """Every model instance runs the stub: the service must not be able to rewrite it. Root's, 0755,
+    and still so once Triton has loaded the model under its unit (the backend chmods it only when it
+    cannot run), with nothing of it writable for the triton user."""
+    stub = host.check_output("find /opt/gpuprov/triton/venv -path '*backends/python/triton_python_backend_stub'")
+    f = host.file(stub)
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o755)
+    ready = host.run(f"python3 -c \"import urllib.request as u; print(u.urlopen('{API}/ready').status)\"")
+    assert ready.stdout.strip() == "200", ready.stderr
+    assert (host.file(stub).user, host.file(stub).mode) == ("root", 0o755)
+    assert host.run(f"runuser -u triton -- test -w {stub}").rc != 0
+    assert "ReadWritePaths" not in host.file("/etc/systemd/system/gpuprov-triton.service").content_string
+
+
 def test_the_administrators_key_is_not_readable_by_other_users(host):
     """The key is on tritonserver's command line (Triton takes it no other way): root reads it
     there, another local user cannot see the process at all (base's /proc hidepid)."""

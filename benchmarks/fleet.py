@@ -1,0 +1,88 @@
+"""Fleet speed on the lab: `lab up`, a no-op `apply` and a `check` for 1, 2, 4 and 8 GPU hosts (plus the
+monitoring host), one after another on one lab that grows, with the ratios against issue 14's goals:
+a no-op apply and a check of 2 hosts within 45 s each, a check of 8 hosts within 1.5x that of 1.
+
+usage: python benchmarks/fleet.py [--sizes 1,2,4,8] [--os debian12] [--keep] [--json FILE]
+
+Run from the repository root as root (the lab's requirements); it calls scripts/gpuprov exactly as a
+user does. `lab up` for N hosts after N/2 converges the new hosts only (the others are already
+converged, so it is mostly their no-op). A check that finds drift (exit 2) or any failing step is
+reported as such, never as a time. The lab is taken down at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GPUPROV = str(ROOT / "scripts" / "gpuprov")
+GOAL_SECONDS = 45.0
+GOAL_RATIO = 1.5
+
+
+def timed(*args: str) -> tuple[float, int, str]:
+    """(seconds, exit status, the output's last lines) of one gpuprov command."""
+    t0 = time.monotonic()
+    out = subprocess.run([GPUPROV, *args], cwd=ROOT, capture_output=True, text=True)
+    tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
+    return time.monotonic() - t0, out.returncode, tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,2,4,8", help="GPU host counts, ascending")
+    parser.add_argument("--os", default="debian12", choices=["debian12", "debian13"])
+    parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows: list[dict] = []
+    try:
+        for n in sizes:
+            row: dict = {"hosts": n}
+            for name, cmd in (("lab_up", ["lab", "up", "--os", args.os, "--hosts", str(n)]),
+                              ("apply", ["apply"]), ("check", ["check"])):
+                secs, rc, tail = timed(*cmd)
+                row[name] = round(secs, 1)
+                row[f"{name}_rc"] = rc
+                print(f"{n} host(s): {name} {secs:.1f} s, exit {rc}", flush=True)
+                if rc != 0:
+                    print(tail, file=sys.stderr)
+            rows.append(row)
+    finally:
+        if not args.keep:
+            timed("lab", "down")
+
+    def ok(row: dict, key: str) -> bool:
+        return row.get(f"{key}_rc") == 0
+
+    print("\n| GPU hosts | lab up (s) | no-op apply (s) | check (s) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r[k]}" if ok(r, k) else f"failed (exit {r[f'{k}_rc']})" for k in ("lab_up", "apply", "check")]
+        print(f"| {r['hosts']} | " + " | ".join(cells) + " |")
+    by_n = {r["hosts"]: r for r in rows}
+    verdicts = []
+    if 2 in by_n:
+        for key in ("apply", "check"):
+            r = by_n[2]
+            if ok(r, key):
+                verdicts.append(f"{key} of 2 hosts: {r[key]} s (goal <= {GOAL_SECONDS:.0f} s: "
+                                f"{'met' if r[key] <= GOAL_SECONDS else 'not met'})")
+    if 1 in by_n and 8 in by_n and ok(by_n[1], "check") and ok(by_n[8], "check"):
+        ratio = by_n[8]["check"] / by_n[1]["check"]
+        verdicts.append(f"check of 8 hosts / 1 host: {ratio:.2f} (goal <= {GOAL_RATIO}: "
+                        f"{'met' if ratio <= GOAL_RATIO else 'not met'})")
+    print("\n" + "\n".join(verdicts))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "verdicts": verdicts}, indent=2) + "\n")
+    return 0 if all(ok(r, k) for r in rows for k in ("lab_up", "apply", "check")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
