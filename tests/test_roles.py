@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpuprov import argspec_doc
+
 ROOT = Path(__file__).resolve().parent.parent
 ALL_ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 # Internal roles (a leading underscore, as prometheus-community's _common) hold shared task files
@@ -84,6 +86,15 @@ def test_every_default_is_documented(role):
     readme = (role / "README.md").read_text()
     for name in _yaml(role / "defaults" / "main.yml"):
         assert f"`{name}`" in readme, f"{name} is not documented in {role.name}/README.md"
+
+
+def test_readme_variables_are_generated_from_argument_specs(role):
+    """The variable table is argument_specs' (python -m gpuprov.argspec_doc writes it): a README
+    whose table is stale, or that has none, fails."""
+    readme = (role / "README.md").read_text()
+    assert argspec_doc.BEGIN in readme and argspec_doc.END in readme, f"{role.name}/README.md has no generated table"
+    assert argspec_doc.render(readme, argspec_doc.table(role)) == readme, (
+        f"{role.name}/README.md: the variable table is stale; run python -m gpuprov.argspec_doc")
 
 
 def test_meta_has_namespace(role):

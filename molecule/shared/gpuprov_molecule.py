@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,22 @@ def check_mode_changes(playbook: str | None = None) -> list[str]:
     return [f"{c.host}: {c.label()}" for c in result.tracker.changes]
 
 
-def assert_no_changes_in_check_mode(playbook: str | None = None) -> None:
+def assert_no_changes_in_check_mode(playbook: str | None = None, units: tuple[str, ...] = ()) -> None:
+    """`units`: systemd units whose journal since the run started is added to a failure's message
+    (a service that was not running during the run shows why)."""
+    started = time.time()
     changes = check_mode_changes(playbook)
+    if changes and units:
+        hosts = sorted({c.split(": ", 1)[0] for c in changes})
+        changes += [_journal(host, units, started) for host in hosts]
     assert changes == [], "check mode after converge reports changes:\n" + "\n".join(changes)
+
+
+def _journal(name: str, units: tuple[str, ...], since: float) -> str:
+    unit_args = " ".join(f"-u {u}" for u in units)
+    out = instance(name).run(f"journalctl {unit_args} --since @{int(since) - 5} --no-pager -o short-precise"
+                             " | tail -n 60")
+    return f"--- {name}: journal of {', '.join(units)} during the run ---\n{out.stdout}"
 
 
 def instance(name: str):

@@ -1,0 +1,66 @@
+"""gpuprov.argspec_doc: a role README's variable table written from meta/argument_specs.yml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuprov import argspec_doc
+
+SPEC = {"argument_specs": {"main": {"short_description": "x", "options": {
+    "demo_port": {"type": "int", "default": 9100, "description": "Listen port."},
+    "demo_mode": {"type": "str", "choices": ["a", "b"], "default": "a",
+                  "description": ["First line,", "second line with a | pipe and <base>/O(demo_port)."]},
+    "demo_list": {"type": "list", "elements": "str", "default": ["x" * 30, "y" * 30], "description": "Long."},
+    "demo_cache": {"type": "str", "description": "Computed on the controller."},
+}}}}
+
+
+@pytest.fixture
+def role(tmp_path: Path) -> Path:
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "argument_specs.yml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    return tmp_path
+
+
+def test_the_table_has_every_option_with_its_type_default_and_description(role):
+    block = argspec_doc.table(role)
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["demo_port", "demo_mode", "demo_list", "demo_cache"]
+    assert rows[0] == "| `demo_port` | int | `9100` | Listen port. |"
+    # choices in the type column; a list description joined; a pipe escaped; markup and <...> kept visible
+    assert rows[1] == ("| `demo_mode` | str: `a`, `b` | `a` | First line, second line with a \\| pipe and "
+                       "&lt;base&gt;/`demo_port`. |")
+    assert "(a list; see defaults/main.yml)" in rows[2] and "list of str" in rows[2]
+    assert "(computed; see description)" in rows[3]
+
+
+def test_a_readme_without_markers_gets_the_table_in_place_of_its_old_one(role):
+    readme = "# demo\n\n## Variables\n\nSome prose.\n\n| a | b |\n|---|---|\n| old | row |\n\nAfter.\n\n## Next\n"
+    new = argspec_doc.render(readme, argspec_doc.table(role))
+    assert "old | row" not in new
+    assert new.index("Some prose.") < new.index(argspec_doc.BEGIN) < new.index(argspec_doc.END) < new.index("After.")
+    assert new.endswith("\n## Next\n")
+    # rendering again changes nothing, and a changed spec replaces only the block
+    assert argspec_doc.render(new, argspec_doc.table(role)) == new
+    spec2 = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    spec2["argument_specs"]["main"]["options"]["demo_port"]["description"] = "Another port."
+    (role / "meta" / "argument_specs.yml").write_text(yaml.safe_dump(spec2, sort_keys=False))
+    again = argspec_doc.render(new, argspec_doc.table(role))
+    assert "Another port." in again and "Listen port." not in again and "After." in again
+
+
+def test_a_readme_without_a_variables_section_is_an_error(role):
+    with pytest.raises(ValueError, match="Variables"):
+        argspec_doc.render("# demo\n\nNo section.\n", argspec_doc.table(role))
+
+
+def test_check_names_a_stale_readme_and_writes_nothing(role, capsys):
+    readme = role / "README.md"
+    readme.write_text("# demo\n\n## Variables\n\n| a |\n|---|\n")
+    assert argspec_doc.main(["--check", str(role)]) == 1
+    assert "stale" in capsys.readouterr().out and argspec_doc.BEGIN not in readme.read_text()
+    assert argspec_doc.main([str(role)]) == 0
+    assert argspec_doc.main(["--check", str(role)]) == 0
