@@ -34,7 +34,20 @@ def test_the_table_has_every_option_with_its_type_default_and_description(role):
     assert rows[1] == ("| `demo_mode` | str: `a`, `b` | `a` | First line, second line with a \\| pipe and "
                        "&lt;base&gt;/`demo_port`. |")
     assert "(a list; see defaults/main.yml)" in rows[2] and "list of str" in rows[2]
-    assert "(computed; see description)" in rows[3]
+    assert "(none)" in rows[3]
+
+
+def test_a_default_argument_specs_cannot_state_comes_from_defaults_main(role):
+    """A templated default (kept out of argument_specs) is shown as written; null is "unset"."""
+    (role / "defaults").mkdir()
+    (role / "defaults" / "main.yml").write_text(
+        "demo_cache: \"{{ playbook_dir }}/../.cache | <x>\"\ndemo_port: 9100\n")
+    rows = {line.split("`")[1]: line for line in argspec_doc.table(role).splitlines() if line.startswith("| `")}
+    assert "| `{{ playbook_dir }}/../.cache \\| <x>` |" in rows["demo_cache"]  # code: only the pipe escaped
+    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    spec["argument_specs"]["main"]["options"]["demo_gid"] = {"type": "int", "default": None, "description": "A gid."}
+    (role / "meta" / "argument_specs.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert "| `demo_gid` | int | unset | A gid. |" in argspec_doc.table(role)
 
 
 def test_a_readme_without_markers_gets_the_table_in_place_of_its_old_one(role):
@@ -52,9 +65,19 @@ def test_a_readme_without_markers_gets_the_table_in_place_of_its_old_one(role):
     assert "Another port." in again and "Listen port." not in again and "After." in again
 
 
-def test_a_readme_without_a_variables_section_is_an_error(role):
+def test_a_readme_without_a_variables_section_or_with_half_a_block_is_an_error(role):
     with pytest.raises(ValueError, match="Variables"):
         argspec_doc.render("# demo\n\nNo section.\n", argspec_doc.table(role))
+    with pytest.raises(ValueError, match="without"):
+        argspec_doc.render("## Variables\n\n<!-- BEGIN argument_specs: old words -->\n| a |\n", argspec_doc.table(role))
+    (role / "README.md").write_text("# demo\n")
+    assert argspec_doc.main(["--check", str(role)]) == 2  # named on stderr, no traceback
+
+
+def test_a_block_whose_marker_wording_changed_is_replaced_whole(role):
+    old = "## Variables\n\n<!-- BEGIN argument_specs: old words -->\n| a |\n<!-- END argument_specs -->\nAfter.\n"
+    new = argspec_doc.render(old, argspec_doc.table(role))
+    assert "old words" not in new and new.count("BEGIN argument_specs") == 1 and new.endswith("\nAfter.\n")
 
 
 def test_check_names_a_stale_readme_and_writes_nothing(role, capsys):

@@ -83,7 +83,14 @@ def assert_no_changes_in_check_mode(playbook: str | None = None, units: tuple[st
     """`units`: systemd units whose journal since the run started is added to a failure's message
     (a service that was not running during the run shows why)."""
     started = time.time()
-    changes = check_mode_changes(playbook)
+    try:
+        changes = check_mode_changes(playbook)
+    except AssertionError as e:  # the run failed: the units' journals on every host say more
+        if not units:
+            raise
+        hosts = Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text()
+        names = sorted(yaml.safe_load(hosts).get("all", {}).get("hosts", {}))
+        raise AssertionError("\n".join([str(e), *(_journal(h, units, started) for h in names)])) from None
     if changes and units:
         hosts = sorted({c.split(": ", 1)[0] for c in changes})
         changes += [_journal(host, units, started) for host in hosts]

@@ -280,6 +280,22 @@ def test_a_triton_stopped_on_purpose_stays_stopped(host):
     assert host.service("gpuprov-triton-canary.timer").is_running
 
 
+def test_a_triton_started_again_stays_up(host):
+    """After the start above, no restart follows over three canary periods: nothing (the canary, a
+    crash) takes down a server that was just started and is ready. Stop 27's landing saw Triton not
+    running about a minute after that start; its journal goes with a failure here."""
+    assert _ready(host)
+    units = "-u gpuprov-triton -u gpuprov-triton-canary.service -u gpuprov-triton-recover.service"
+    since = host.check_output("date +%s")
+    before = host.check_output("systemctl show -p MainPID -p NRestarts --value gpuprov-triton")
+    time.sleep(30)
+    after = host.check_output("systemctl show -p MainPID -p NRestarts --value gpuprov-triton")
+    active = host.check_output("systemctl is-active gpuprov-triton gpuprov-triton-canary.timer || true")
+    journal = host.check_output(f"journalctl {units} --since @{since} --no-pager -o short-precise | tail -n 60")
+    assert (after, active) == (before, "active\nactive"), journal
+    assert _ready(host, timeout=5), journal
+
+
 def test_debian13_is_refused():
     result, events = run_role("triton", {}, pre_roles=("gpu_facts", "models"), limit="gpuprov-debian13")
     failures = failed_tasks(events)
