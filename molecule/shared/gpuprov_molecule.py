@@ -88,16 +88,18 @@ def assert_no_changes_in_check_mode(playbook: str | None = None, units: tuple[st
     except AssertionError as e:  # the run failed: the units' journals on every host say more
         if not units:
             raise
-        hosts = Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text()
-        names = sorted(yaml.safe_load(hosts).get("all", {}).get("hosts", {}))
-        raise AssertionError("\n".join([str(e), *(_journal(h, units, started) for h in names)])) from None
+        inventory = yaml.safe_load(Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text())
+        names = sorted(inventory.get("all", {}).get("hosts", {}))
+        raise AssertionError("\n".join([str(e), *(journal_since(h, units, started) for h in names)])) from None
     if changes and units:
         hosts = sorted({c.split(": ", 1)[0] for c in changes})
-        changes += [_journal(host, units, started) for host in hosts]
+        changes += [journal_since(host, units, started) for host in hosts]
     assert changes == [], "check mode after converge reports changes:\n" + "\n".join(changes)
 
 
-def _journal(name: str, units: tuple[str, ...], since: float) -> str:
+def journal_since(name: str, units: tuple[str, ...], since: float) -> str:
+    """The last 60 lines of the units' journal on one instance since `since` (seconds since the epoch;
+    5 s earlier), for a failure's message."""
     unit_args = " ".join(f"-u {u}" for u in units)
     out = instance(name).run(f"journalctl {unit_args} --since @{int(since) - 5} --no-pager -o short-precise"
                              " | tail -n 60")

@@ -12,6 +12,9 @@ Commands travel with `torch.distributed.broadcast_object_list` (gloo on CPU, NCC
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 import torch.distributed as dist
 
@@ -42,10 +45,12 @@ class Leader:
         self._dec.decode(B, T)
 
     def stop(self) -> None:
-        """Let the other ranks' `follow` return (once: they are gone after it)."""
+        """Let the other ranks' `follow` return (once: they are gone after it). The barrier after the
+        command: no rank leaves the group while another is still inside a collective."""
         if not self._stopped:
             self._stopped = True
             _broadcast(("stop",), self._group)
+            dist.barrier(group=self._group)
 
 
 def follow(dec: Decoder, group=None) -> int:
@@ -55,6 +60,7 @@ def follow(dec: Decoder, group=None) -> int:
         while True:
             cmd = _broadcast(None, group)
             if cmd[0] == "stop":
+                dist.barrier(group=group)  # the leader's, in Leader.stop
                 return n
             if cmd[0] == "prefill":
                 dec.prefill(cmd[1])
@@ -93,6 +99,11 @@ def _follower(model_path: str, rank: int, size: int, init_method: str, device: s
         follow(dec)
     finally:
         dist.destroy_process_group()
+    # Done: leave without the interpreter's teardown, where torch's and gloo's threads have aborted
+    # the process (SIGABRT) after a clean stop. An error above still ends it with a traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def start_followers(model_path: str, size: int, *, device: str, dtype: torch.dtype, python: str | None = None):
