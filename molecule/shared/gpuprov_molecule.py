@@ -97,6 +97,26 @@ def assert_no_changes_in_check_mode(playbook: str | None = None, units: tuple[st
     assert changes == [], "check mode after converge reports changes:\n" + "\n".join(changes)
 
 
+def assert_a_lost_restart_is_drift_and_applied(name: str, unit: str, path: str, role: str,
+                                                role_vars: dict[str, Any]) -> None:
+    """A run that wrote one of `unit`'s files and then failed never ran its restart handler: the file
+    newer than the unit's start shows as a change in check mode (which restarts nothing), an apply of
+    `role` with the converge's `role_vars` restarts the unit, and the check after it is clean
+    (`_common`'s unit_current)."""
+    host = instance(name)
+    main_pid = f"systemctl show --property=MainPID --value {unit}"
+    pid = host.check_output(main_pid)
+    host.check_output(f"sleep 1; touch {path}")
+    changes = check_mode_changes()
+    restart = f"Restart the unit to apply its changed files ({unit})"
+    assert [c for c in changes if c.startswith(f"{name}: ") and restart in c], changes
+    assert host.check_output(main_pid) == pid  # check mode did nothing
+    result, events = run_role(role, role_vars, limit=name)
+    assert result.rc == 0, failed_tasks(events)
+    assert host.check_output(main_pid) != pid
+    assert_no_changes_in_check_mode()
+
+
 def journal_since(name: str, units: tuple[str, ...], since: float) -> str:
     """The last 60 lines of the units' journal on one instance since `since` (seconds since the epoch;
     5 s earlier), for a failure's message."""

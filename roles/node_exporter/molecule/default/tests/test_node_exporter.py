@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
+    assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
-    check_mode_changes,
     exposure,
     failed_tasks,
     instance,
@@ -35,19 +35,9 @@ def test_a_flags_change_whose_restart_was_lost_is_drift_and_applied():
     """A run that wrote the exporter's flags and then failed never ran its restart handler: the flags
     file newer than the exporter's start shows as a change in check mode, an apply restarts it, and
     the check after it is clean. (Before the tests below, which leave other settings behind.)"""
-    name = HOSTS[0]
-    host = instance(name)
     unit = "prometheus-node-exporter"
-    pid = host.check_output(f"systemctl show --property=MainPID --value {unit}")
-    host.check_output(f"sleep 1; touch /etc/default/{unit}")
-    changes = check_mode_changes()
-    restart = f"Restart the unit to apply its changed files ({unit})"
-    assert [c for c in changes if c.startswith(f"{name}: ") and restart in c], changes
-    assert host.check_output(f"systemctl show --property=MainPID --value {unit}") == pid  # check mode did nothing
-    result, events = run_role("node_exporter", {"node_exporter_disabled_collectors": ["wifi"]}, limit=name)
-    assert result.rc == 0, failed_tasks(events)
-    assert host.check_output(f"systemctl show --property=MainPID --value {unit}") != pid
-    assert_no_changes_in_check_mode()
+    assert_a_lost_restart_is_drift_and_applied(HOSTS[0], unit, f"/etc/default/{unit}", "node_exporter",
+                                               {"node_exporter_disabled_collectors": ["wifi"]})
 
 
 @pytest.mark.parametrize("name", HOSTS)

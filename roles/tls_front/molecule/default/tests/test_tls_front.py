@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
+    assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
-    check_mode_changes,
     exposure,
     failed_tasks,
     instance,
@@ -103,19 +103,9 @@ def test_a_sandbox_change_whose_restart_was_lost_is_drift_and_applied():
     """A run that wrote the drop-in and then failed never ran its restart handler: the next runs must
     not leave nginx on the old sandbox. Its drop-in newer than nginx's start shows as a change in check
     mode, an apply restarts nginx, and the check after it is clean."""
-    name = HOSTS[0]
-    host = instance(name)
-    dropin = "/etc/systemd/system/nginx.service.d/10-gpuprov-hardening.conf"
-    pid = host.check_output("systemctl show --property=MainPID --value nginx")
-    host.check_output(f"sleep 1; touch {dropin}")
-    changes = check_mode_changes()
-    restart = "Restart the unit to apply its changed files (nginx)"
-    assert [c for c in changes if c.startswith(f"{name}: ") and restart in c], changes
-    assert host.check_output("systemctl show --property=MainPID --value nginx") == pid  # check mode did nothing
-    result, events = run_role("tls_front", {"tls_front_grpc_enabled": True}, limit=name)  # converge's settings
-    assert result.rc == 0, failed_tasks(events)
-    assert host.check_output("systemctl show --property=MainPID --value nginx") != pid
-    assert_no_changes_in_check_mode()
+    assert_a_lost_restart_is_drift_and_applied(
+        HOSTS[0], "nginx", "/etc/systemd/system/nginx.service.d/10-gpuprov-hardening.conf", "tls_front",
+        {"tls_front_grpc_enabled": True})  # converge's settings
 
 
 @pytest.mark.parametrize("name", HOSTS)
