@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gpuprov import __version__, display, paths
+from gpuprov import __version__, display, paths, report
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -152,12 +152,6 @@ def _inventory_missing(inventories: Sequence[str]) -> str | None:
     return None
 
 
-def _print_failures(result) -> None:
-    for hp in sorted(result.tracker.hosts.values(), key=lambda h: h.host):
-        for task in hp.failed_tasks:
-            print(f"FAILED {hp.host}: {task}")
-
-
 def _print_run_error(result) -> None:
     """A run that ended before any host's recap (a playbook that did not parse, say)."""
     if result.rc != 0 and not result.recaps:
@@ -197,26 +191,9 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
     from gpuprov import runner, tasks
 
     req = _play_request(args, check)
-    progress = display.Progress()
-    progress_total = tasks.task_total(req, [str(i) for i in args.inventory])
-
-    def on_event(tracker, event):
-        tracker.task_total = progress_total
-        progress(tracker, event)
-
-    result = runner.run(req, on_event=on_event)
-    print()
-    print(display.recap_table(result.recaps))
-    _print_failures(result)
-    if check:
-        by_host = result.tracker.changes_by_host()
-        for host in sorted(by_host):
-            print(f"\n{host}: {len(by_host[host])} task(s) would change")
-            for change in by_host[host]:
-                print(f"  - {change.label()}")
-        if not by_host and not result.failed:
-            print("\nno changes: the hosts match the repository")
-    print(f"\nartifacts: {result.run_dir}")
+    progress = display.Progress(total=tasks.task_total(req, [str(i) for i in args.inventory]))
+    result = runner.run(req, on_event=progress)
+    print(report.play_report(result, check))
     if result.interrupted:
         return _interrupted(result)
     if result.failed:
@@ -230,22 +207,22 @@ def run_play(args: argparse.Namespace, check: bool) -> int:
 def run_drift(args: argparse.Namespace) -> int:
     from gpuprov import drift
 
-    result, report = _drift_report(args, args.limit)
+    result, found = _drift_report(args, args.limit)
     if result.interrupted:
         return _interrupted(result)
-    if report is None:
+    if found is None:
         _print_run_error(result)
         return EXIT_FAILED
-    text = drift.RENDER[args.format](report)
+    text = drift.RENDER[args.format](found)
     if args.metrics_file:
-        drift.write_metrics(report, Path(args.metrics_file))
+        drift.write_metrics(found, Path(args.metrics_file))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"drift report: {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     print(f"artifacts: {result.run_dir}", file=sys.stderr)
-    return report.exit_code()
+    return found.exit_code()
 
 
 def _drift_report(args: argparse.Namespace, limit: str | None):
@@ -272,10 +249,10 @@ def run_fix(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         before = dict(history[-1]["hosts"])
     else:
-        result, report = _drift_report(args, args.limit)
-        if report is None:
+        result, found = _drift_report(args, args.limit)
+        if found is None:
             return _interrupted(result) if result.interrupted else EXIT_FAILED
-        before = {h.host: h.status for h in report.hosts}
+        before = {h.host: h.status for h in found.hosts}
     drifted = sorted(h for h, s in before.items() if s == drift.DRIFTED)
     if not drifted:
         print("nothing drifted: nothing to fix")
@@ -305,7 +282,7 @@ def run_fix(args: argparse.Namespace) -> int:
     after = {h.host: h.status for h in after_report.hosts} if after_report else {}
     rows = [(h, before[h], "applied" if h in rollout.applied else "FAILED" if h in rollout.failed else "not applied",
              after.get(h, "?")) for h in drifted]
-    print(display.table(("host", "before", "fix", "after"), rows))
+    print(report.table(("host", "before", "fix", "after"), rows))
     if rollout.skipped:
         print(f"stopped: {len(rollout.failed)} of {len(drifted)} host(s) failed (over --max-fail-percentage "
               f"{args.max_fail_percentage:g}); not applied: {', '.join(rollout.skipped)}")
@@ -356,7 +333,7 @@ def run_verify(args: argparse.Namespace) -> int:
     collector = verify.CheckCollector()
     result = runner.run(req, on_event=collector)
     if collector.checks:
-        print(display.table(verify.HEADERS, collector.rows()))
+        print(report.table(verify.HEADERS, collector.rows()))
     counts = {r: sum(1 for c in collector.checks if c.result == r) for r in (verify.PASS, verify.FAIL, verify.SKIP)}
     print(f"\n{counts[verify.PASS]} passed, {counts[verify.FAIL]} failed, {counts[verify.SKIP]} not applicable")
     print(f"artifacts: {result.run_dir}")
@@ -376,7 +353,7 @@ def run_facts(args: argparse.Namespace) -> int:
 
     result, collector = facts.gather(args.inventory, args.limit)
     rows = [facts.row(h, collector.facts[h]) for h in sorted(collector.facts)]
-    print(display.table(facts.HEADERS, rows))
+    print(report.table(facts.HEADERS, rows))
     for host, err in sorted(collector.errors.items()):
         print(f"{host}: {err}", file=sys.stderr)
     return EXIT_FAILED if collector.errors or result.rc != 0 else EXIT_OK
@@ -409,7 +386,7 @@ def run_lab(args: argparse.Namespace) -> int:
     if not rows:
         print("lab: no containers (run `gpuprov lab up`)")
         return EXIT_OK
-    print(display.table(("host", "os", "container", "systemd"), rows))
+    print(report.table(("host", "os", "container", "systemd"), rows))
     return EXIT_OK
 
 

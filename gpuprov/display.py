@@ -1,49 +1,28 @@
-"""Terminal output: live progress while a run goes, tables when it ends."""
+"""Live progress while a run goes (the tables at its end are gpuprov.report's)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any, TextIO
 
 from gpuprov.events import RunTracker
-from gpuprov.runner import HostRecap
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def recap_table(recaps: Sequence[HostRecap]) -> str:
-    rows = [
-        (r.host, r.ok, r.changed, r.failed, r.unreachable, r.skipped, f"{r.duration_s:.1f}s")
-        for r in recaps
-    ]
-    return table(("host", "ok", "changed", "failed", "unreachable", "skipped", "duration"), rows)
-
-
-def _total(tracker: RunTracker, done: int) -> str:
-    """"/N" from the listed task count; handlers and loops can push a host past it."""
-    if not tracker.task_total:
-        return ""
-    return f"/{max(tracker.task_total, done)}"
 
 
 class Progress:
     """Per-host progress: a redrawn block on a terminal, one plain line per task otherwise."""
 
-    def __init__(self, stream: TextIO | None = None, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, total: int | None = None) -> None:
+        """`total`: the tasks a host is expected to run (gpuprov.tasks.task_total), shown as /N."""
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
+        self.total = total
         self._drawn = 0
+
+    def _total(self, done: int) -> str:
+        """"/N" from the listed task count; handlers and loops can push a host past it."""
+        if not self.total:
+            return ""
+        return f"/{max(self.total, done)}"
 
     def __call__(self, tracker: RunTracker, event: dict[str, Any]) -> None:
         kind = event.get("event", "")
@@ -64,7 +43,7 @@ class Progress:
             task = data.get("task", "")
             if data.get("role"):
                 task = f"{data['role']} : {task}"
-            self.stream.write(f"[{done}{_total(tracker, done)}] {host}: {state}: {task}\n")
+            self.stream.write(f"[{done}{self._total(done)}] {host}: {state}: {task}\n")
             self.stream.flush()
 
     def _redraw(self, tracker: RunTracker) -> None:
@@ -74,7 +53,7 @@ class Progress:
         lines = [f"play: {tracker.play}"]
         for hp in sorted(tracker.hosts.values(), key=lambda h: h.host):
             mark = " FAILED" if hp.failed_tasks else ""
-            total = _total(tracker, hp.done)
+            total = self._total(hp.done)
             lines.append(f"  {hp.host}: {hp.done}{total} tasks{mark}  {hp.current_task}"[:160])
         for line in lines:
             out.write("\x1b[2K" + line + "\n")

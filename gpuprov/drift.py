@@ -178,10 +178,10 @@ def to_json(report: Report) -> str:
 
 
 def to_table(report: Report) -> str:
-    from gpuprov import display
+    from gpuprov.report import table
 
     rows = [(h.host, h.status, str(len(h.tasks)), h.drifted_since or "-") for h in report.hosts]
-    out = [display.table(("host", "status", "drifted tasks", "drifted since"), rows)]
+    out = [table(("host", "status", "drifted tasks", "drifted since"), rows)]
     for h in report.hosts:
         for t in h.tasks:
             out.append(f"\n{h.host}: {t.task}")

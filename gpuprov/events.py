@@ -68,7 +68,6 @@ class RunTracker:
         self.hidden: list[Change] = []
         self.current_task: str = ""
         self.play: str = ""
-        self.task_total: int | None = None
 
     def host(self, name: str) -> HostProgress:
         if name not in self.hosts:

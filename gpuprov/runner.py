@@ -21,7 +21,7 @@ from typing import Any
 
 import ansible_runner
 
-from gpuprov import paths
+from gpuprov import paths, report
 from gpuprov.events import RunTracker
 from gpuprov.interrupt import forward_interrupts
 
@@ -243,42 +243,5 @@ def run(
         duration_s=duration,
         interrupted=interrupt.signal_name,
     )
-    write_summary(req, result, started_at, strategy)
+    report.write_summary(req, result, started_at, strategy)
     return result
-
-
-def write_summary(req: RunRequest, result: RunResult, started_at: datetime, strategy: str) -> Path:
-    summary = {
-        "command": req.command,
-        "playbook": req.playbook,
-        "module": req.module,
-        "inventories": list(req.inventories),
-        "limit": req.limit,
-        "tags": req.tags,
-        "check": req.check,
-        "strategy": strategy,
-        # Only the names of extra-vars files; inline values may be secret.
-        "extra_vars_files": [e for e in req.extra_vars if e.startswith("@")],
-        "started": started_at.isoformat(),
-        "duration_s": round(result.duration_s, 3),
-        "rc": result.rc,
-        "status": result.status,
-        "interrupted": result.interrupted,
-        "hosts": {
-            r.host: {
-                "ok": r.ok,
-                "changed": r.changed,
-                "failed": r.failed,
-                "unreachable": r.unreachable,
-                "skipped": r.skipped,
-                "duration_s": round(r.duration_s, 3),
-            }
-            for r in result.recaps
-        },
-        "changes": [
-            {"host": c.host, "task": c.label(), "action": c.action} for c in result.tracker.changes
-        ],
-    }
-    path = result.run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return path
