@@ -49,12 +49,16 @@ def _render(tmp_path: Path, gpu: dict, checkpoint: dict, **extra) -> tuple[int, 
     play = [{"name": "Render the container runtime", "hosts": "all", "gather_facts": False, "tasks": [
         {"name": "Work out the container's settings",
          "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_settings", "public": True}},
+        {"name": "Find the IDs the container runs as",
+         "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_user", "public": True}},
         *render,
     ]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     write_local_inventory(tmp_path / "hosts.yml", group="gpu_servers")
     events: list[dict] = []
-    variables = {"ansible_local": {"gpu": gpu}, "triton_runtime": "container", "triton_model_path": str(model), **extra}
+    # The service user: one every Debian host has (nobody, 65534:65534), as the role would create triton.
+    variables = {"ansible_local": {"gpu": gpu}, "triton_runtime": "container", "triton_model_path": str(model),
+                 "triton_user": "nobody", **extra}
     result = run(RunRequest(command="test-triton-container", playbook=str(tmp_path / "play.yml"),
                             inventories=[str(tmp_path / "hosts.yml")], extra_vars=[json.dumps(variables)]),
                  on_event=lambda _t, e: events.append(e))
@@ -112,6 +116,9 @@ def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(tmp_path):
     assert f" {image} tritonserver " in start
     for flag in ("--runtime=nvidia --gpus all", "--network host", "--shm-size 16g", "--ulimit memlock=-1",
                  "--cap-drop ALL", "--http-address=127.0.0.1 --http-port=8000",
+                 # Never root, a read-only image with a tmpfs HOME, a cap on processes and threads.
+                 "--user 65534:65534", "--read-only --tmpfs /tmp:rw,nosuid,nodev,size=8g", "--pids-limit 8192",
+                 "--env HOME=/tmp",
                  "--grpc-address=127.0.0.1 --grpc-port=8001", "--model-control-mode=none"):
         assert flag in start, flag
     models = tmp_path / "models/deepseek"
