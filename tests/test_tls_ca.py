@@ -25,7 +25,7 @@ def _ca_key(path: Path, passphrase: str) -> bytes:
     return path.read_bytes()
 
 
-def _preflight(tmp_path: Path, inventory_dir: Path, **extra: str) -> tuple[int, list[dict], str]:
+def _preflight(tmp_path: Path, inventory_dir: Path, **extra: str | bool) -> tuple[int, list[dict], str]:
     """The tls preflight from a playbook in tmp_path/playbooks (so playbook_dir/../.gpuprov is tmp_path's)."""
     books = tmp_path / "playbooks"
     books.mkdir(exist_ok=True)
@@ -65,13 +65,31 @@ def test_a_passphrase_that_does_not_open_the_ca_key_fails_before_any_change(tmp_
     rc, events, _ = _preflight(tmp_path, inv)
     assert rc != 0
     task, msg = first_failure(events)
-    assert task == "Check the CA key opens with tls_ca_passphrase"
+    assert task == "Check the CA keys open with tls_ca_passphrase"
     assert "does not open with tls_ca_passphrase" in msg and "Rotating the CA" in msg and "Nothing was changed" in msg
     assert PASSPHRASE not in json.dumps(events)
     assert key.read_bytes() == before
     # The right passphrase opens it.
     _ca_key(key, PASSPHRASE)
     assert _preflight(tmp_path, inv)[0] == 0
+
+
+def test_a_client_ca_key_the_passphrase_does_not_open_fails_before_any_change(tmp_path):
+    """Mutual TLS's client CA sits beside the server CA under the same passphrase, and is kept the
+    same way: a key that passphrase does not open is named, never replaced."""
+    inv = tmp_path / "inventories" / "prod"
+    rc, _, ca_dir = _preflight(tmp_path, inv)
+    assert rc == 0
+    _ca_key(Path(ca_dir) / "ca.key", PASSPHRASE)
+    client = Path(ca_dir) / "client-ca.key"
+    before = _ca_key(client, "another-inventorys-passphrase")
+    assert _preflight(tmp_path, inv)[0] == 0  # without mutual TLS the client CA is not used
+    rc, events, _ = _preflight(tmp_path, inv, tls_client_ca_enabled=True)
+    assert rc != 0
+    task, msg = first_failure(events)
+    assert task == "Check the CA keys open with tls_ca_passphrase"
+    assert f"{client} does not open" in msg and str(Path(ca_dir) / "ca.key") not in msg
+    assert client.read_bytes() == before
 
 
 def test_a_ca_in_the_shared_directory_of_earlier_versions_is_named_not_replaced(tmp_path):

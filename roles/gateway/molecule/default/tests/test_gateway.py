@@ -11,6 +11,7 @@ import json
 import pytest
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
+    assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     exposure,
@@ -36,6 +37,14 @@ def _post(host, key: str | None) -> tuple[int, dict, str]:
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_a_lost_restart_is_drift_and_the_next_apply_restarts_the_gateway():
+    """A run that wrote a new unit (or new packages) and failed before its handlers left the gateway
+    on the old ones; its configuration alone would be reloaded, these need a restart."""
+    assert_a_lost_restart_is_drift_and_applied(HOSTS[0], "gpuprov-gateway.service",
+                                               "/etc/systemd/system/gpuprov-gateway.service", "gateway",
+                                               {"gateway_api_keys": KEYS})
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -252,3 +253,74 @@ def test_a_node_exporter_behind_basic_auth_is_scraped_with_its_credentials():
     finally:
         _prometheus()
     assert not MON.file("/etc/prometheus/node-exporter.password").exists
+
+
+# A stand-in for a TLS front that asks for client certificates from a client CA (TLS 1.3 only).
+MTLS_STANDIN = """
+import http.server, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_cert_chain('/root/mtls/server.crt', '/root/mtls/server.key')
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations('/root/mtls/client-ca.crt')
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'ready')
+server = http.server.HTTPServer(('0.0.0.0', 9443), Ready)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_the_probes_present_a_client_certificate_to_fronts_with_mutual_tls(tmp_path):
+    """The defect: with mutual TLS on the fronts the probes had no client certificate, so
+    TritonNotReady fired on every host. A front that asks for a client certificate (a stand-in on the
+    monitoring host) fails the probe while its host's tls_front_mutual_tls is unset, and passes once
+    it is set (the probes then present the client certificate); the key is root:prometheus 0640 and
+    goes away with mutual TLS."""
+    address = MON.check_output("hostname -I").split()[0]
+    ca_dir = os.path.dirname(CA)
+    server_ca = (CA, os.path.join(ca_dir, "ca.key"))
+    client_ca = (str(tmp_path / "client-ca.crt"), str(tmp_path / "client-ca.key"))
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+             "-subj", "/CN=client CA", "-keyout", client_ca[1], "-out", client_ca[0])
+    for name, (ca_cert, ca_key), ext in (("server", server_ca, f"subjectAltName=IP:{address}"),
+                                         ("probe", client_ca, "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
+                 f"/CN={name}", "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.csr"))
+        (tmp_path / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", ca_cert, "-CAkey", ca_key, "-days", "1",
+                 "-extfile", str(tmp_path / f"{name}.ext"), "-out", str(tmp_path / f"{name}.crt"))
+    MON.check_output("mkdir -p /root/mtls")
+    for name in ("server.crt", "server.key", "client-ca.crt"):
+        MON.check_output(f"cat > /root/mtls/{name} <<'PEM'\n{(tmp_path / name).read_text()}PEM")
+    MON.check_output(f"cat > /root/mtls/serve.py <<'PY'\n{MTLS_STANDIN}PY")
+    MON.check_output("systemd-run --unit gpuprov-mtls-standin python3 /root/mtls/serve.py")
+    probe = ("curl -sS 'http://127.0.0.1:9115/probe?module=gpuprov_triton_ready"
+             f"&target=https://{address}:9443/v2/health/ready'")
+    client = {"prometheus_probe_port": 9443, "prometheus_probe_client_cert": str(tmp_path / "probe.crt"),
+              "prometheus_probe_client_key": str(tmp_path / "probe.key")}
+    key = MON.file("/etc/prometheus/probe-client.key")
+    try:
+        result, events = _prometheus(client, more_gpus={"mon-front": _gpu_host(address)})
+        assert result.rc == 0, failed_tasks(events)
+        assert "probe_success 0" in MON.check_output(probe)
+        assert not key.exists
+        mutual = {"mon-front": {**_gpu_host(address), "tls_front_mutual_tls": True}}
+        result, events = _prometheus(client, more_gpus=mutual)
+        assert result.rc == 0, failed_tasks(events)
+        assert _wait(lambda: "probe_success 1" in MON.check_output(probe), 30), MON.check_output(probe)
+        assert (key.user, key.group, key.mode) == ("root", "prometheus", 0o640)
+        again, _ = _prometheus(client, more_gpus=mutual)
+        assert again.rc == 0 and again.recaps[0].changed == 0
+    finally:
+        MON.run("systemctl stop gpuprov-mtls-standin")
+        back, _ = _prometheus()
+        assert back.rc == 0
+    assert not key.exists and not MON.file("/etc/prometheus/probe-client.crt").exists

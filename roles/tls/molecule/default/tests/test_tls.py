@@ -82,11 +82,78 @@ def test_certificate_is_reissued_only_when_names_change_or_expiry_nears():
     assert "DNS:api.lab.example" in _text(host)
 
 
+def _crl_serials(host) -> str:
+    return host.check_output("openssl crl -in /etc/gpuprov/tls/client-ca.crl -noout -text")
+
+
+def test_client_ca_issues_client_certificates_and_revokes_them():
+    """Mutual TLS's CA: its own (a server certificate does not verify against it, nor a client
+    certificate against the server CA), client certificates on the controller by name with the
+    clientAuth usage, the probes' always among them; a second run issues nothing; a revoked name
+    lands in the CRL on the host; the CRL is re-signed when its end nears; a revoked name is never
+    issued again."""
+    host, limit = instance(HOSTS[0]), HOSTS[0]
+    clients = {**BASE, "tls_client_ca_enabled": True, "tls_client_names": ["app-one", "app-two"]}
+    result, events = run_role("tls", clients, limit=limit)
+    assert result.rc == 0, failed_tasks(events)
+    issued = CA_DIR / "clients"
+    assert sorted(p.name for p in issued.glob("*.crt")) == ["app-one.crt", "app-two.crt", "gpuprov-probe.crt"]
+    assert (issued / "app-one.key").stat().st_mode & 0o077 == 0 and (issued.stat().st_mode & 0o777) == 0o700
+    assert "ENCRYPTED" in (CA_DIR / "client-ca.key").read_text()
+    for name in ("app-one", "gpuprov-probe"):
+        crt = str(issued / f"{name}.crt")
+        assert subprocess.run(["openssl", "verify", "-CAfile", str(CA_DIR / "client-ca.crt"), crt],
+                              capture_output=True).returncode == 0
+        assert subprocess.run(["openssl", "verify", "-CAfile", str(CA_DIR / "ca.crt"), crt],
+                              capture_output=True).returncode != 0
+        text = subprocess.run(["openssl", "x509", "-in", crt, "-noout", "-text"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "TLS Web Client Authentication" in text and "Server Authentication" not in text
+    assert host.run(f"openssl verify -CAfile /etc/gpuprov/tls/client-ca.crt {CRT}").rc != 0
+    assert host.file("/etc/gpuprov/tls/client-ca.crt").content_string == (CA_DIR / "client-ca.crt").read_text()
+    assert "No Revoked Certificates" in _crl_serials(host)
+    again, _ = run_role("tls", clients, limit=limit)
+    assert again.rc == 0 and again.recaps[0].changed == 0
+
+    serial = subprocess.run(["openssl", "x509", "-in", str(issued / "app-one.crt"), "-noout", "-serial"],
+                            capture_output=True, text=True, check=True).stdout.strip().split("=")[1]
+    revoked = {**clients, "tls_client_names": ["app-two"], "tls_client_revoked": ["app-one"]}
+    result, events = run_role("tls", revoked, limit=limit)
+    assert result.rc == 0, failed_tasks(events)
+    assert f"Serial Number: {serial}" in _crl_serials(host)
+    again, _ = run_role("tls", revoked, limit=limit)
+    assert again.recaps[0].changed == 0
+
+    # A CRL that ends within the renewal window (90 days left, 100-day window) is re-signed, once.
+    def next_update() -> str:
+        return host.check_output("openssl crl -in /etc/gpuprov/tls/client-ca.crl -noout -nextupdate")
+
+    before = next_update()
+    near = {**revoked, "tls_renew_before_days": 100, "tls_crl_valid_days": 200, "tls_cert_valid_days": 800,
+            "tls_client_cert_valid_days": 800}
+    renewed, events = run_role("tls", near, limit=limit)
+    assert renewed.rc == 0, failed_tasks(events)
+    assert next_update() != before and f"Serial Number: {serial}" in _crl_serials(host)
+
+    # Issuing a revoked name again is refused before any change.
+    assert_fails_before_any_change("tls", {**revoked, "tls_client_names": ["app-one"]},
+                                   "Check the client certificates' names", "never issued again",
+                                   hosts=[limit], pre_roles=(), limit=limit, exact_task=True)
+    back, _ = run_role("tls", BASE, limit=limit)
+    assert back.rc == 0
+
+
 @pytest.mark.parametrize("extra, task, words", [
     ({"tls_ca_passphrase": ""}, "Check the CA passphrase is set", "ansible-vault"),
     ({"tls_ca_passphrase": "short"}, "Check the CA passphrase is set", "at least 12 characters"),
     ({"tls_renew_before_days": 400}, "Check the settings", "must exceed tls_renew_before_days"),
     ({"tls_extra_sans": ["bad name"]}, "Check the settings", "tls_extra_sans must be DNS names"),
+    ({"tls_client_ca_enabled": True, "tls_client_names": ["app one"]}, "Check the client certificates' names",
+     "letters, digits"),
+    ({"tls_client_ca_enabled": True, "tls_client_revoked": ["never-issued"]},
+     "Check every revoked client has a certificate to revoke", "never-issued"),
+    ({"tls_mode": "provided", "tls_client_ca_enabled": True, "tls_ca_passphrase": ""},
+     "Check the CA passphrase is set", "mutual TLS"),
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
     before = [_serial(instance(h)) for h in HOSTS]
