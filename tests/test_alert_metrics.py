@@ -4,7 +4,8 @@ expose: Triton 2.51's and nvitop-exporter 1.7.2's /metrics as recorded on the de
 suffix (gpu_utilization_Percentage), which the rules had missed; this test keeps that from coming
 back. The model's own latency histograms (gpuprov_*) are Triton custom metrics that
 roles/triton/files/model.py registers: each name the rules use must be one it declares; likewise the
-API gateway's (gateway_*), which packages/gateway's metrics module declares."""
+API gateway's (gateway_*), which packages/gateway's metrics module declares; the native engine's
+(gpuprov_engine_*), which its Triton model (packages/engine/triton/model.py) declares."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = (ROOT / "roles/prometheus/templates/gpuprov.rules.yml.j2").read_text()
 FIXTURES = ROOT / "tests/fixtures/metrics"
 MODEL = (ROOT / "roles/triton/files/model.py").read_text()
+ENGINE = (ROOT / "packages/engine/triton/model.py").read_text()
 GATEWAY = (ROOT / "packages/gateway/src/gpuprov_gateway/metrics.py").read_text()
 DRIFT = (ROOT / "gpuprov/drift.py").read_text()
 
 # Not recordable here: DCGM's exporter needs NGC. Names from dcgm-exporter's default counters.
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
+# Not recordable here either: the TensorRT-LLM backend needs NGC's image. The family Triton's metrics
+# documentation gives for it (labels kv_cache_block_type max, free, used, tokens_per, reused).
+TRTLLM = {"nv_trt_llm_kv_cache_block_metrics"}
 # Prometheus's own and the blackbox exporter's (the lab tests fire TritonNotReady on them), and the
 # node exporter's meminfo gauges (names stable across node exporter 1.x; the node_exporter scenario
 # checks they are served).
@@ -41,13 +46,22 @@ def _used() -> set[str]:
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\([^()]*\)\s*\(", "(", text)  # by (labels) (
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    return words - {"sum", "max", "by", "rate", "time", "vector", "or", "and", "e6", "m", "histogram_quantile", "le"}
+    return words - {"sum", "max", "by", "rate", "time", "vector", "or", "and", "unless", "on", "e6", "m",
+                     "histogram_quantile", "le"}
 
 
 def _model_metrics() -> set[str]:
     """The series names the model's histograms expose: <name>_bucket, _sum, _count."""
     names = re.findall(r'Histogram\(_counter_family, "(gpuprov_[a-z_]+)"', MODEL)
     return {f"{n}_{suffix}" for n in names for suffix in ("bucket", "sum", "count")}
+
+
+def _engine_metrics() -> set[str]:
+    """The series names of the native engine's counters, gauges and histograms."""
+    names = set()
+    for kind, name in re.findall(r'(_counter|_gauge|_Histogram)\(\s*"(gpuprov_[a-z_]+)"', ENGINE):
+        names |= {f"{name}_{s}" for s in ("bucket", "sum", "count")} if kind == "_Histogram" else {name}
+    return names
 
 
 def _gateway_metrics() -> set[str]:
@@ -74,6 +88,12 @@ def test_the_rules_use_metrics():
     assert {"gpuprov_drift_tasks", "gpuprov_drift_last_run_timestamp_seconds"} <= used
 
 
+def test_the_engine_declares_its_gauges():
+    assert {"gpuprov_engine_kv_cache_usage_ratio", "gpuprov_engine_generated_tokens_total",
+            "gpuprov_engine_inter_token_seconds_bucket"} <= _engine_metrics()
+    assert "gpuprov_engine_kv_cache_usage_ratio" in _used()
+
+
 def test_the_model_declares_its_latency_histograms():
     assert {"gpuprov_time_to_first_token_seconds_bucket",
             "gpuprov_time_per_output_token_seconds_sum"} <= _model_metrics()
@@ -83,10 +103,14 @@ def test_every_metric_in_the_rules_is_exposed_under_that_name():
     triton = _exposed("triton-2.51-h200.prom")
     nvitop = _exposed("nvitop-exporter-1.7.2-h200.prom")
     for name in sorted(_used()):
-        if name.startswith("nv_"):
+        if name.startswith("nv_trt_llm_"):
+            assert name in TRTLLM, f"{name}: not a TensorRT-LLM backend family we know of"
+        elif name.startswith("nv_"):
             assert name in triton, f"{name}: Triton 2.51 does not expose it"
         elif name.startswith("gpuprov_drift_"):
             assert name in _drift_metrics(), f"{name}: gpuprov drift does not write it"
+        elif name.startswith("gpuprov_engine_"):
+            assert name in _engine_metrics(), f"{name}: the native engine's model does not declare it"
         elif name.startswith("gpuprov_"):
             assert name in _model_metrics(), f"{name}: the model does not declare it"
         elif name.startswith("gateway_"):

@@ -7,8 +7,8 @@ request fails (a 400 at once). This script judges only a server that says it is 
 bad:
 - a valid one-token generate got an answer other than 200 (a full queue's 503 is busy, not broken);
 - or it got no answer in time while Triton made no progress meanwhile (its request and token
-  counters on the metrics port did not move): a hung model. A busy server that is still producing
-  tokens is left alone, however slow the canary's own request.
+  counters on the metrics port did not move since the first try began): a hung model. A busy
+  server that is still producing tokens is left alone, however slow the canary's own request.
 Anything else exits 0: a server that is not ready (starting, stopped, or down: systemd and the
 TritonNotReady alert handle those), a busy one, bad arguments or an error of this script itself
 (said on stderr; restarting Triton would not mend those).
@@ -83,17 +83,21 @@ def generate(url: str, model: str, timeout: float) -> tuple[str, str]:
 
 
 def judge(url: str, model: str, timeout: float, metrics_url: str) -> int:
+    # Progress counts from the first try's start: a slow server finishes the first try's request
+    # after that try gave up, and the second try waits behind it; that is progress, not a hang.
+    start: float | None = None
     for attempt in (1, 2):
         if not ready(url):
             print("canary: Triton is not ready; nothing to judge")
             return 0
         before = progress(metrics_url)
+        start = before if start is None else start
         verdict, detail = generate(url, model, timeout)
         if verdict in ("ok", "busy"):
             return 0
         if verdict == "timeout":
             after = progress(metrics_url)
-            if before is None or after is None or after > before:
+            if start is None or after is None or after > start:
                 print(f"canary: {detail}, but Triton is making progress (or its metrics cannot be read):"
                       " busy, not broken")
                 return 0
