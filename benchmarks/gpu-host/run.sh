@@ -100,7 +100,12 @@ fi
 # and its unit written, checked (zero changes); the unit cannot be started here (no systemd), so the
 # exporter runs with the unit's own ExecStart and User, read from the unit file; its metrics, read
 # from the real NVML, against the names recorded in the repository.
-evars="{\"gpu_exporter_enabled\": true, \"gpu_exporter_controller_wheelhouse\": \"$BUNDLE/wheelhouse\"}"
+# python3-packaging is in the role's Debian packages for the pip module; where the interpreter the
+# modules run under imports packaging already (the bundle's venv does: ansible-core depends on it),
+# dpkg need not have it, and this host (no network, no apt bindings) must not be asked to install it.
+syspk='["python3-venv", "python3-packaging"]'
+"$host_py" -c 'import packaging' 2>/dev/null && syspk='["python3-venv"]'
+evars="{\"gpu_exporter_enabled\": true, \"gpu_exporter_controller_wheelhouse\": \"$BUNDLE/wheelhouse\", \"gpu_exporter_system_packages\": $syspk}"
 PLAYBOOK=gpu_exporter.yml step gpu-exporter-apply -e "$evars" --tags gpu_exporter_install,gpu_exporter_configure
 PLAYBOOK=gpu_exporter.yml step gpu-exporter-check -e "$evars" --tags gpu_exporter_install,gpu_exporter_configure --check --diff
 unit=/etc/systemd/system/gpuprov-gpu-exporter.service
