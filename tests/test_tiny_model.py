@@ -4,6 +4,7 @@ and a chat template that renders DeepSeek's turn markers."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import jinja2
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from gpuprov import tinymodel
-
 ROOT = Path(__file__).resolve().parent.parent
+# Test tooling, not part of the gpuprov package: scripts/lib/tinymodel.py (scripts/make-tiny-deepseek).
+_spec = importlib.util.spec_from_file_location("tinymodel", ROOT / "scripts/lib/tinymodel.py")
+tinymodel = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tinymodel)
 SHIPPED = ROOT / "roles/models/files/tiny-deepseek"
 CORPUS = ROOT / "scripts/data/tiny-deepseek-corpus.txt"
 
