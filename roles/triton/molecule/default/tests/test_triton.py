@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
+    assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     exposure,
@@ -296,6 +298,19 @@ def test_a_triton_started_again_stays_up(host):
     ready = _ready(host, timeout=5)
     journal = journal_since("gpuprov-debian12", TRITON_UNITS, since)
     assert (after, active, ready) == (before, "active\nactive", True), journal
+
+
+def test_a_lost_restart_is_drift_and_the_next_apply_restarts_triton(host):
+    """A run that rewrote the model's configuration and failed before its handlers left Triton serving
+    the old one: check mode reports the restart (and restarts nothing), the next apply restarts
+    Triton, and the check after it is clean (_common's unit_current)."""
+    converge = yaml.safe_load((Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml").read_text())
+    role_vars = next(r["vars"] for r in converge[0]["roles"] if r["role"] == "triton")
+    assert _ready(host)
+    assert_a_lost_restart_is_drift_and_applied("gpuprov-debian12", "gpuprov-triton.service",
+                                               "/var/lib/gpuprov/triton/models/deepseek/config.pbtxt", "triton",
+                                               role_vars)
+    assert _ready(host)
 
 
 def test_debian13_is_refused():
