@@ -26,17 +26,18 @@ from conftest import ROOT, run_gpuprov, verify_rows
 # Docker's own transport failing under load (seen in CI: containerd-shim's "failed to start io pipe
 # copy ... context deadline exceeded" appended to a `cat`'s output, or an empty output): not the
 # command's answer, so the command is run again, at most three times in all.
-_DOCKER_EXEC_FAULTS = (b"failed to start io pipe copy", b"containerd-shim")
+_DOCKER_EXEC_FAULTS = (b"failed to start io pipe copy", b"containerd-shim: opening w/o fifo")
 
 
 def _exec(container, argv: list[str], *, want_output: bool = False) -> tuple[int, bytes]:
     """`container.exec_run(argv)`, again when Docker itself (not the command) failed."""
     for attempt in range(3):
+        if attempt:
+            time.sleep(2 * attempt)
         rc, out = container.exec_run(argv)
         broken = any(fault in out for fault in _DOCKER_EXEC_FAULTS) or (want_output and not out.strip())
         if not broken:
-            return rc, out
-        time.sleep(2 * (attempt + 1))
+            break
     return rc, out
 
 HOST = "gpuprov-lab-gpu1"

@@ -119,6 +119,16 @@ def test_a_slow_server_answering_after_the_timeout_is_left_alone(triton):
     assert "try 1 of 2 failed" in r.stderr and "making progress" in r.stdout and triton.generates == 2
 
 
+def test_counters_reset_by_a_restart_meanwhile_are_not_a_hang(triton):
+    """Triton restarted between the canary's tries (its counters start again from zero): the second
+    try's counters are below the first's, which is no evidence of a hang."""
+    triton.tokens, triton.delay, triton.moving = 100, 30.0, False
+    threading.Timer(2.0, lambda: setattr(triton, "tokens", 0)).start()  # during the pause between tries
+    r = canary(triton)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "making progress" in r.stdout and triton.generates == 2
+
+
 def test_a_hung_server_is_restarted(triton):
     triton.delay, triton.moving = 30.0, False  # no answer within the canary's tries and nothing moves
     r = canary(triton)

@@ -1,6 +1,6 @@
 """Venvs installed from a package index (`*_wheel_source: index`) are hash-checked: _common's
 gpuprov_hashed_requirements filter turns the pins into requirement lines carrying the sha256 of each
-wheel the repository's lock reviewed, and pip installs them with --require-hashes --no-deps. Checked
+wheel the repository's lock reviewed, and pip installs them with --require-hashes. Checked
 with pip itself: the reviewed wheel installs; the same wheel with one byte changed, served from the
 same place, is refused before anything is installed. A pin the lock lacks, or a pin that is not
 exact, fails in the filter with the pin named."""
@@ -107,3 +107,21 @@ def test_the_repositorys_locks_give_hashes_for_every_pin_of_the_exporter():
     pins = defaults["gpu_exporter_packages"] + defaults["gpu_exporter_constraints"]
     lines = hashed_requirements(pins, (ROOT / "roles/_common/files/wheel-locks/gpu-exporter.sha256").read_text())
     assert len(lines) == len(pins) and all("--hash=sha256:" in line for line in lines)
+
+
+def test_tritons_pins_name_every_wheel_of_its_lock_and_each_has_a_hash():
+    """pip's hash mode refuses a dependency the requirements do not name, so triton's constraints name
+    every package of its CPU set (the lab's torch build); a GPU host's CUDA torch needs its wheels
+    recorded in the lock first, as the controller's wheelhouse does."""
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "roles/triton/defaults/main.yml").read_text())
+    packages = [p if not p.startswith("torch==") else p + "+cpu" for p in defaults["triton_python_packages"]]
+    no_deps = [f"nvidia-pytriton=={defaults['triton_pytriton_version']}"]
+    lock = (ROOT / "roles/_common/files/wheel-locks/triton.sha256").read_text()
+    pins = packages + defaults["triton_python_constraints"]
+    lines = hashed_requirements(pins, lock) + hashed_requirements(no_deps, lock)
+    assert len(lines) == len(pins) + 1
+    locked = {wheels_filter._normal(line.split()[1].split("-")[0]) for line in lock.splitlines() if line.strip()}
+    named = {wheels_filter._normal(p.split("==")[0]) for p in pins + no_deps}
+    assert locked == named, (sorted(locked - named), sorted(named - locked))

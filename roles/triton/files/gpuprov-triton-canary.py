@@ -97,7 +97,8 @@ def judge(url: str, model: str, timeout: float, metrics_url: str) -> int:
             return 0
         if verdict == "timeout":
             after = progress(metrics_url)
-            if start is None or after is None or after > start:
+            # Counters that fell mean Triton restarted meanwhile (systemd's business, not a hang).
+            if start is None or after is None or after != start or (before is not None and after != before):
                 print(f"canary: {detail}, but Triton is making progress (or its metrics cannot be read):"
                       " busy, not broken")
                 return 0
