@@ -331,15 +331,37 @@ def main() -> None:
     os.chown(manifest_path, uid, gid)
     os.chmod(manifest_path, 0o440)
 
-    old = rev_dir + ".old"
-    if os.path.isdir(rev_dir):
-        os.rename(rev_dir, old)
-    os.rename(staging, rev_dir)
-    switch(dest, revision)
-    if os.path.isdir(old):
-        shutil.rmtree(old)
+    # A revision directory repaired in place (the one `current` may point at) is swapped with its
+    # staging copy in one step where the kernel and filesystem can; else moved aside first, which
+    # leaves it absent for the instant between the two renames.
+    if os.path.isdir(rev_dir) and exchange(staging, rev_dir):
+        switch(dest, revision)
+        shutil.rmtree(staging)
+    else:
+        old = rev_dir + ".old"
+        if os.path.isdir(rev_dir):
+            os.rename(rev_dir, old)
+        os.rename(staging, rev_dir)
+        switch(dest, revision)
+        if os.path.isdir(old):
+            shutil.rmtree(old)
     result["pruned"] = prune(dest, revision, p["keep"])
     module.exit_json(**result)
+
+
+def exchange(a: str, b: str) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 with RENAME_EXCHANGE). False, with nothing
+    changed, where the C library, the kernel or the filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def switch(dest: str, revision: str) -> None:
