@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUPROV = ROOT / "scripts" / "gpuprov"
+
+
+def load_module(name: str, relative_path: str) -> ModuleType:
+    """A Python file outside the gpuprov package (a role's module or filter, a script's library),
+    imported by its path in the repository."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_gpuprov(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:

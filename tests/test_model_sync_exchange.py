@@ -6,15 +6,11 @@ back to two renames)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpuprov_model_sync",
-                                               ROOT / "roles/models/library/gpuprov_model_sync.py")
-sync = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sync)
+from conftest import load_module
+
+sync = load_module("gpuprov_model_sync", "roles/models/library/gpuprov_model_sync.py")
 
 
 def test_exchange_swaps_two_directories_in_one_step(tmp_path):

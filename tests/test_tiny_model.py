@@ -4,19 +4,17 @@ and a chat template that renders DeepSeek's turn markers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import jinja2
+from conftest import load_module
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Test tooling, not part of the gpuprov package: scripts/lib/tinymodel.py (scripts/make-tiny-deepseek).
-_spec = importlib.util.spec_from_file_location("tinymodel", ROOT / "scripts/lib/tinymodel.py")
-tinymodel = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tinymodel)
+tinymodel = load_module("tinymodel", "scripts/lib/tinymodel.py")
 SHIPPED = ROOT / "roles/models/files/tiny-deepseek"
 CORPUS = ROOT / "scripts/data/tiny-deepseek-corpus.txt"
 

@@ -8,7 +8,6 @@ exact, fails in the filter with the pin named."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -16,12 +15,9 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from conftest import ROOT, load_module
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpuprov_wheels",
-                                               ROOT / "roles/_common/filter_plugins/gpuprov_wheels.py")
-wheels_filter = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wheels_filter)
+wheels_filter = load_module("gpuprov_wheels", "roles/_common/filter_plugins/gpuprov_wheels.py")
 hashed_requirements = wheels_filter.hashed_requirements
 
 
