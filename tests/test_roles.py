@@ -77,6 +77,21 @@ def test_argument_specs_match_defaults(role):
         assert spec.get("description"), f"{name}: no description"
 
 
+def test_defaults_keep_section_headers_only(role):
+    """meta/argument_specs.yml is the prose (the README's table comes from it): defaults/main.yml
+    carries one-line section headers, each after a blank line, and no other comment."""
+    lines = (role / "defaults" / "main.yml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "#" not in line:
+            continue
+        stripped = line.lstrip()
+        assert stripped.startswith("# "), f"{role.name} defaults line {i + 1}: a comment beside a value: {line!r}"
+        assert line == stripped and i > 0 and lines[i - 1] in ("", "---"), (
+            f"{role.name} defaults line {i + 1}: not a one-line section header: {line!r}")
+        assert i + 1 < len(lines) and not lines[i + 1].lstrip().startswith("#"), (
+            f"{role.name} defaults line {i + 1}: a comment of more than one line")
+
+
 def test_defaults_are_role_prefixed(role):
     for name in _yaml(role / "defaults" / "main.yml"):
         assert name.startswith(f"{role.name}_"), name
