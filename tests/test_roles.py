@@ -103,6 +103,24 @@ def test_every_default_is_documented(role):
         assert f"`{name}`" in readme, f"{name} is not documented in {role.name}/README.md"
 
 
+def test_readme_follows_the_usual_role_readme_order(role):
+    """Description, Requirements, Role Variables, Dependencies, Example Playbook (geerlingguy's
+    order), in that order; what the tests check lives in docs/testing.md, linked from the README."""
+    readme = (role / "README.md").read_text()
+    headings = [line[3:].strip() for line in readme.splitlines() if line.startswith("## ")]
+    wanted = ["Requirements", "Role Variables", "Dependencies", "Example Playbook"]
+    assert headings[: len(wanted)] == wanted, headings
+    assert readme.startswith(f"# Role `{role.name}`\n\n") and not readme.split("\n", 2)[2].startswith("#")
+    assert not [h for h in headings if h.startswith("Tested")], headings
+    anchor = f"role-{role.name.replace('_', '-')}"
+    assert f"docs/testing.md#{anchor}" in readme
+    assert f"## Role `{role.name}`" in (ROOT / "docs" / "testing.md").read_text()
+    example = readme.split("## Example Playbook", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    play = yaml.safe_load(example)
+    assert any(r == role.name or (isinstance(r, dict) and r.get("role") == role.name)
+               for r in play[0]["roles"]), example
+
+
 def test_readme_variables_are_generated_from_argument_specs(role):
     """The variable table is argument_specs' (python -m gpuprov.argspec_doc writes it): a README
     whose table is stale, or that has none, fails."""
