@@ -41,6 +41,9 @@ class HostProgress:
     started: datetime | None = None
     finished: datetime | None = None
     failed_tasks: list[str] = field(default_factory=list)
+    # Why the host could not be reached (the connection's own message, e.g. a host key that does
+    # not match): the first line, for the report.
+    unreachable: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -102,6 +105,8 @@ class RunTracker:
         task = data.get("task", "")
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             hp.failed_tasks.append(task)
+        if kind == "runner_on_unreachable":
+            hp.unreachable = (str(res.get("msg") or "unreachable").strip().splitlines() or ["unreachable"])[0][:300]
         if kind == "runner_on_ok" and "censored" in res and not self._changed(res):
             self.hidden.append(Change(host=hp.host, task=task, role=data.get("role"),
                                       action=data.get("task_action", "")))

@@ -1,7 +1,10 @@
 """The local lab: systemd containers from the gpuprov Debian images, managed with the Docker SDK.
 
 `up` starts them (building the images first when their recipe changed): the GPU hosts and one
-monitoring host, waits until systemd is running in each, and writes `inventories/lab/hosts.yml`;
+monitoring host, waits until systemd is running in each, starts sshd there with the host's own keys
+and the lab's key authorised, and writes `inventories/lab/hosts.yml` and a known_hosts of the lab's
+own: Ansible reaches the lab's hosts over SSH with host keys checked, as it reaches a fleet. The
+host keys are read through Docker (a trusted path: this machine's root), never taken on first use.
 `down` removes them; `status` lists them.
 Containers get the capability set that runs systemd here without `privileged`.
 """
@@ -9,6 +12,7 @@ Containers get the capability set that runs systemd here without `privileged`.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Iterable
@@ -109,14 +113,83 @@ def use_apt_cache(container: Container, port: str) -> None:
         raise RuntimeError(f"{container.name}: could not write {APT_CACHE_CONF}: {out.decode().strip()}")
 
 
-def inventory_for(hosts: Iterable[LabHost], subnet: str = "", controller: str = "") -> dict:
+def ssh_dir() -> Path:
+    """The lab's SSH key pair and known_hosts (`.gpuprov/lab-ssh/`)."""
+    return paths.state_dir() / "lab-ssh"
+
+
+def ensure_key() -> Path:
+    """The lab's SSH key (ed25519, no passphrase: a throwaway for local containers), made once."""
+    key = ssh_dir() / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuprov-lab", "-f", str(key)],
+                           check=True, capture_output=True)
+        except FileNotFoundError:
+            raise RuntimeError("ssh-keygen is missing: the lab's hosts are reached over SSH "
+                               "(apt-get install openssh-client)") from None
+    return key
+
+
+# Make the host's SSH keys (only those missing: a container started again keeps its own), authorise
+# the lab's key for root, start sshd, print the host's ed25519 public key.
+_SSHD_UP = """set -e
+ssh-keygen -A >/dev/null
+install -d -m 0700 /root/.ssh
+printf '%s\n' {pub} > /root/.ssh/authorized_keys
+chmod 0600 /root/.ssh/authorized_keys
+systemctl enable --now ssh.service >/dev/null 2>&1
+cat /etc/ssh/ssh_host_ed25519_key.pub"""
+
+
+def start_sshd(container: Container, public_key: str) -> str:
+    """Start sshd in `container` with the lab's key authorised; returns the host's ed25519 key."""
+    rc, out = container.exec_run(["sh", "-c", _SSHD_UP.format(pub=shlex.quote(public_key.strip()))])
+    text = out.decode().strip()
+    words = text.splitlines()[-1].split() if text else []
+    if rc != 0 or len(words) < 2 or words[0] != "ssh-ed25519":
+        raise RuntimeError(f"{container.name}: sshd did not start ({text[-300:]!r})")
+    return f"{words[0]} {words[1]}"
+
+
+def address_of(container: Container) -> str:
+    """The container's IPv4 address on the lab network."""
+    container.reload()
+    ip = (container.attrs["NetworkSettings"]["Networks"].get(NETWORK) or {}).get("IPAddress", "")
+    if not ip:
+        raise RuntimeError(f"{container.name} has no address on the Docker network {NETWORK}")
+    return ip
+
+
+def write_known_hosts(keys: dict[str, str]) -> Path:
+    """known_hosts of the lab's own: {address: "type key"}; replaced whole (an address that Docker
+    hands to another container later must not keep the old host's key)."""
+    path = ssh_dir() / "known_hosts"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{addr} {key}\n" for addr, key in sorted(keys.items())), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def inventory_for(hosts: Iterable[LabHost], subnet: str = "", controller: str = "",
+                  addresses: dict[str, str] | None = None) -> dict:
     """The lab inventory; `subnet` is the lab network's and `controller` this machine's address on
-    it (the network's gateway), the one API client the lab's firewall lets in."""
+    it (the network's gateway), the one API client the lab's firewall lets in; `addresses` the
+    hosts' own (SSH goes there, checked against the lab's known_hosts)."""
     groups: dict[str, dict] = {}
     for h in hosts:
-        groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = {"gpuprov_lab_os": h.os}
+        host_vars = {"gpuprov_lab_os": h.os}
+        if addresses and h.name in addresses:
+            host_vars["ansible_host"] = addresses[h.name]
+        groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = host_vars
     inventory: dict = {"all": {"children": groups}}
     lab_vars = {k: v for k, v in (("gpuprov_lab_subnet", subnet), ("gpuprov_lab_controller", controller)) if v}
+    if addresses:
+        lab_vars["ansible_ssh_private_key_file"] = str(ssh_dir() / "id_ed25519")
+        lab_vars["ansible_ssh_common_args"] = (
+            f"-o UserKnownHostsFile={shlex.quote(str(ssh_dir() / 'known_hosts'))} -o StrictHostKeyChecking=yes")
     if lab_vars:
         inventory["all"]["vars"] = lab_vars
     return inventory
@@ -132,9 +205,10 @@ def network_addresses(dc: docker.DockerClient) -> tuple[str, str]:
     return v4.get("Subnet", ""), v4["Gateway"]
 
 
-def write_inventory(hosts: Iterable[LabHost], subnet: str = "", controller: str = "") -> Path:
+def write_inventory(hosts: Iterable[LabHost], subnet: str = "", controller: str = "",
+                    addresses: dict[str, str] | None = None) -> Path:
     path = paths.lab_inventory_dir() / "hosts.yml"
-    body = yaml.safe_dump(inventory_for(hosts, subnet, controller), sort_keys=True)
+    body = yaml.safe_dump(inventory_for(hosts, subnet, controller, addresses), sort_keys=True)
     path.write_text("---\n# Written by `gpuprov lab up`; do not edit.\n" + body, encoding="utf-8")
     return path
 
@@ -164,6 +238,7 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
     """Start the lab hosts (idempotent) and write the inventory; returns host names."""
     if build:
         build_images(h.os for h in hosts)
+    public_key = ensure_key().with_suffix(".pub").read_text(encoding="utf-8")
     dc = client()
     try:
         dc.networks.get(NETWORK)
@@ -176,6 +251,8 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
     # Every lab host's facts are gathered again: a container created or restarted here may have a
     # new address (one gather per host, in the run that follows).
     forget_facts(wanted | {c.name for c in removed})
+    addresses: dict[str, str] = {}
+    host_keys: dict[str, str] = {}
     for h in hosts:
         try:
             c = dc.containers.get(h.name)
@@ -191,7 +268,10 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
         # lab host fetches Debian's packages through.
         if os.environ.get("GPUPROV_APT_CACHE_PORT"):
             use_apt_cache(c, os.environ["GPUPROV_APT_CACHE_PORT"])
-    write_inventory(hosts, *network_addresses(dc))
+        addresses[h.name] = address_of(c)
+        host_keys[addresses[h.name]] = start_sshd(c, public_key)
+    write_known_hosts(host_keys)
+    write_inventory(hosts, *network_addresses(dc), addresses=addresses)
     return [h.name for h in hosts]
 
 
@@ -208,6 +288,7 @@ def down() -> list[str]:
         pass
     inv = paths.lab_inventory_dir() / "hosts.yml"
     inv.unlink(missing_ok=True)
+    (ssh_dir() / "known_hosts").unlink(missing_ok=True)
     return removed
 
 

@@ -34,9 +34,14 @@ def recap_table(recaps: Sequence[HostRecap]) -> str:
 
 
 def failures(result: RunResult) -> list[str]:
-    """One line per failed task, by host."""
-    return [f"FAILED {hp.host}: {task}"
-            for hp in sorted(result.tracker.hosts.values(), key=lambda h: h.host) for task in hp.failed_tasks]
+    """One line per failed task, by host; a host that could not be reached says why."""
+    out = []
+    for hp in sorted(result.tracker.hosts.values(), key=lambda h: h.host):
+        for task in hp.failed_tasks:
+            out.append(f"FAILED {hp.host}: {task}")
+        if hp.unreachable:
+            out.append(f"UNREACHABLE {hp.host}: {hp.unreachable}")
+    return out
 
 
 def check_listing(result: RunResult) -> str:

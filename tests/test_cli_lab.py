@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import statistics
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_gpuprov, verify_rows
+
+from gpuprov import lab as lab_module
 
 # Docker's own transport failing under load (seen in CI: containerd-shim's "failed to start io pipe
 # copy ... context deadline exceeded" appended to a `cat`'s output, or an empty output): not the
@@ -124,6 +127,48 @@ def test_check_finds_only_the_drift_and_apply_corrects_it(lab, docker_client):
     assert "no changes: the hosts match the repository" in again.stdout
 
 
+def test_the_lab_is_reached_over_ssh_and_a_host_whose_key_changed_is_left_alone(lab, docker_client, tmp_path):
+    """The lab's hosts are reached over SSH as root with their keys checked against the lab's own
+    known_hosts, which `lab up` fills with the key each host made (read through Docker, never taken
+    on first use). With the GPU host's entry replaced by another key, an apply that would correct a
+    hand edit there finds the host unreachable for its key and changes nothing; with the key back,
+    the same apply corrects the edit."""
+    gpu = docker_client.containers.get(HOST)
+    gpu.reload()
+    ip = _ip(gpu)
+    inventory = (ROOT / "inventories" / "lab" / "hosts.yml").read_text()
+    assert f"ansible_host: {ip}" in inventory
+    known = lab_module.ssh_dir() / "known_hosts"
+    original = known.read_text()
+    _, host_key = _exec(gpu, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], want_output=True)
+    assert f"{ip} {' '.join(host_key.decode().split()[:2])}\n" in original
+    # Each container made its own key: no two hosts share one.
+    assert len({line.split()[2] for line in original.splitlines()}) == len(original.splitlines()) >= 2
+
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    forged = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+    lines = [f"{ip} {forged}" if line.startswith(f"{ip} ") else line for line in original.splitlines()]
+    rc, _ = _exec(gpu, ["sed", "-i", "s/^vm.swappiness = .*/vm.swappiness = 61/", "/etc/sysctl.d/90-gpuprov.conf"])
+    assert rc == 0
+    try:
+        known.write_text("\n".join(lines) + "\n")
+        refused = run_gpuprov("apply", "--limit", HOST, "--tags", "base_configure")
+        assert refused.returncode == 1, refused.stdout[-3000:]
+        why = [ln for ln in refused.stdout.splitlines() if ln.startswith(f"UNREACHABLE {HOST}: ")]
+        assert len(why) == 1 and "host key" in why[0].lower(), refused.stdout[-3000:]
+        summary = _summary(refused.stdout)["hosts"][HOST]
+        assert summary["unreachable"] >= 1 and summary["changed"] == 0, summary
+        _, content = _exec(gpu, ["cat", "/etc/sysctl.d/90-gpuprov.conf"], want_output=True)
+        assert b"vm.swappiness = 61" in content  # the hand edit is still there: nothing ran
+    finally:
+        known.write_text(original)
+    fixed = run_gpuprov("apply", "--limit", HOST, "--tags", "base_configure")
+    assert fixed.returncode == 0, fixed.stdout[-3000:]
+    _, content = _exec(gpu, ["cat", "/etc/sysctl.d/90-gpuprov.conf"], want_output=True)
+    assert b"vm.swappiness = 10" in content
+
+
 def test_phase_tags_limit_a_run(lab):
     """A run limited by tags finds everything it needs (facts worked out in preflight, task files
     included with their tags) and, on a converged lab, no drift."""
@@ -147,8 +192,8 @@ def test_facts_table(lab):
 
 def test_lab_hosts_fetch_debian_through_the_shared_cache(lab, docker_client):
     """With GPUPROV_APT_CACHE_PORT (scripts/test starts apt-cacher-ng and sets it), each lab host
-    sends the Debian archive, and only it, through the cache at its gateway, and the packages that
-    site.yml installed came through it (the cache's log names the host's address)."""
+    sends the Debian archive, and only it, through the cache at its gateway, and a package that
+    site.yml installed is fetched through it (the cache's log names the host's address)."""
     port = os.environ.get("GPUPROV_APT_CACHE_PORT")
     if not port:
         pytest.skip("no shared apt cache in this run (scripts/test sets GPUPROV_APT_CACHE_PORT)")
@@ -157,9 +202,18 @@ def test_lab_hosts_fetch_debian_through_the_shared_cache(lab, docker_client):
     rc, conf = _exec(container, ["cat", "/etc/apt/apt.conf.d/00gpuprov-lab-cache"], want_output=True)
     assert rc == 0
     assert conf.decode().strip() == f'Acquire::http::Proxy::deb.debian.org "http://{net["Gateway"]}:{port}";'
-    log = Path("/var/log/apt-cacher-ng/apt-cacher.log").read_text().splitlines()
-    served = [ln.split("|") for ln in log if ln.count("|") >= 4]
-    assert any(f[3] == net["IPAddress"] and f[4].endswith(".deb") for f in served), log[-20:]
+    # jq (base_packages) fetched again into a directory of its own: the host's archive directory
+    # (.gpuprov/apt-cache, kept across labs) cannot answer, so the package comes from the archive.
+    rc, out = _exec(container, ["sh", "-c", "rm -rf /tmp/aptdl && mkdir -p /tmp/aptdl/partial && apt-get install"
+                                " --reinstall --download-only -y -qq -o Dir::Cache::archives=/tmp/aptdl jq"])
+    assert rc == 0, out
+    deadline, fetched = time.time() + 15, False
+    while not fetched and time.time() < deadline:
+        log = Path("/var/log/apt-cacher-ng/apt-cacher.log").read_text().splitlines()
+        served = [ln.split("|") for ln in log if ln.count("|") >= 4]
+        fetched = any(f[3] == net["IPAddress"] and "/jq_" in f[4] and f[4].endswith(".deb") for f in served)
+        time.sleep(0 if fetched else 1)
+    assert fetched, log[-20:]
 
 
 def test_lab_status(lab):
@@ -474,14 +528,18 @@ def _firewall_holds(docker_client, outsider) -> None:
     gpu, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
     ip = _ip(gpu)
     metrics = (8002, 9100, 9108)  # Triton's, the node exporter's and the gateway's /metrics
-    # This machine (the lab's one API client): the API answers, the metrics ports are dropped.
+    # This machine (the lab's one API client and its administrator): the API and SSH answer, the
+    # metrics ports are dropped.
     assert _tcp_from_here(ip, 8443) == "open"
+    assert _tcp_from_here(ip, 22) == "open"
     assert {p: _tcp_from_here(ip, p) for p in metrics} == dict.fromkeys(metrics, "dropped")
     # The monitoring host reaches the metrics ports.
     assert {p: _curl_code(mon, f"http://{ip}:{p}/metrics") for p in metrics} == dict.fromkeys(metrics, 0)
     # Another container on the same network: every port dropped, not refused.
     assert {p: _curl_code(outsider, f"https://{ip}:{p}/") for p in (8443, 8444)} == {8443: 28, 8444: 28}
     assert {p: _curl_code(outsider, f"http://{ip}:{p}/metrics") for p in metrics} == dict.fromkeys(metrics, 28)
+    # SSH from the outsider: no answer (timeout's 124), where this machine's connection opens.
+    assert _sh(outsider, f"timeout 3 bash -c '</dev/tcp/{ip}/22'")[0] == 124
 
 
 def test_the_firewall_lets_in_the_controller_and_monitoring_only(lab, docker_client, outsider):

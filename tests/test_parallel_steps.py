@@ -16,7 +16,20 @@ def _run(steps: str, jobs: int, tmp_path: Path) -> tuple[str, dict[str, tuple[in
     out = subprocess.run([sys.executable, str(SCHEDULER), str(jobs), str(tmp_path / "logs"), str(results)],
                          input=steps, text=True, capture_output=True, check=True, timeout=60)
     rows = [line.split("\t") for line in results.read_text().splitlines()]
-    return out.stdout, {name: (int(rc), int(secs)) for name, rc, secs in rows}
+    return out.stdout, {name: (int(rc), int(secs)) for name, rc, secs, _cpu in rows}
+
+
+def test_each_step_reports_the_processor_time_of_its_own_processes(tmp_path: Path) -> None:
+    """A step that computes for about a second (in a child of its shell) reports about a second of
+    processor time; one that sleeps as long reports none."""
+    loop = "import time; t = time.process_time(); [0 for _ in iter(lambda: time.process_time() - t < 1.0, False)]"
+    busy = f"{sys.executable} -c '{loop}'"
+    steps = f"busy\t\t{busy}\nidle\t\tsleep 1.2\n"
+    results = tmp_path / "results.tsv"
+    subprocess.run([sys.executable, str(SCHEDULER), "2", str(tmp_path / "logs"), str(results)],
+                   input=steps, text=True, capture_output=True, check=True, timeout=60)
+    cpu = {name: int(c) for name, _rc, _secs, c in (line.split("\t") for line in results.read_text().splitlines())}
+    assert cpu["busy"] >= 1 and cpu["idle"] == 0, cpu
 
 
 def test_steps_that_share_a_resource_never_overlap(tmp_path: Path) -> None:

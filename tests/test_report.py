@@ -67,3 +67,15 @@ def test_summary_names_extra_vars_files_only_never_inline_values(tmp_path):
     assert summary["hosts"]["gpu-a"] == {"ok": 3, "changed": 1, "failed": 0, "unreachable": 0, "skipped": 0,
                                          "duration_s": 2.25}
     assert summary["changes"] == [{"host": "gpu-a", "task": "triton : Write the unit", "action": "copy"}]
+
+
+def test_a_host_that_could_not_be_reached_says_why(tmp_path):
+    msg = "Task failed: Host key checking is enabled, and SSH reported an unrecognized or mismatching host key."
+    result = _result(tmp_path, [
+        _end("runner_on_ok", "gpu-a", "Read the facts"),
+        _end("runner_on_unreachable", "gpu-b", "Create the service group", "base", msg=msg + "\nmore detail",
+             unreachable=True),
+    ], [HostRecap("gpu-a", ok=1), HostRecap("gpu-b", ok=4, unreachable=1)], rc=4)
+    lines = report.play_report(result, check=False).splitlines()
+    assert f"UNREACHABLE gpu-b: {msg}" in lines
+    assert not [ln for ln in lines if ln.startswith("UNREACHABLE gpu-a")]

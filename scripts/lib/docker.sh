@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# ensure_docker: make sure a Docker engine answers and debootstrap is installed. On a fresh Debian
+# ensure_docker: make sure a Docker engine answers and debootstrap and the SSH client (the lab's hosts
+# are reached over SSH) are installed. On a fresh Debian
 # machine (as root) it installs docker.io and debootstrap and starts dockerd itself (through systemd
 # when systemd runs, otherwise as a background process logging to /var/log/gpuprov-dockerd.log).
 ensure_docker() {
@@ -7,6 +8,7 @@ ensure_docker() {
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v docker >/dev/null || missing+=(docker.io)
+  command -v ssh-keygen >/dev/null || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "gpuprov: missing ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2

@@ -6,13 +6,16 @@ run together. A resource `after:NAME` is a step that must have passed first: the
 it, and fails without running (rc 125) when that step failed. Steps start in the order given
 (longest first is the caller's job) as soon as a slot is free and their resources are. A step's
 output goes to LOG_DIR/<name>.log and, when it ends, to stdout in one piece, so the steps' outputs
-never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS`, is written to RESULTS.
+never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS<TAB>CPU`, is written to RESULTS: CPU is
+the processor time (user + system, seconds) of the step's own processes on this machine (Ansible,
+Molecule, pytest, the docker client), not that of what runs inside its containers.
 
 usage: parallel_steps.py JOBS LOG_DIR RESULTS < steps
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +35,7 @@ class Step:
     started: float = 0.0
     rc: int | None = None
     seconds: int = 0
+    cpu: float = 0.0
     log_path: Path = field(default_factory=Path)
 
 
@@ -91,8 +95,20 @@ def finish(step: Step, results: IO[str]) -> None:
     verdict = "PASS" if step.rc == 0 else "FAIL"
     detail = f"{step.seconds}s" if step.rc == 0 else f"rc {step.rc}, {step.seconds}s"
     print(f"--- {verdict} {step.name} ({detail})", flush=True)
-    results.write(f"{step.name}\t{step.rc}\t{step.seconds}\n")
+    results.write(f"{step.name}\t{step.rc}\t{step.seconds}\t{step.cpu:.0f}\n")
     results.flush()
+
+
+def reap(step: Step) -> bool:
+    """Whether the step's process ended; if so, its exit status and the processor time of it and
+    every descendant it waited for (wait4's rusage) are recorded."""
+    assert step.proc is not None
+    pid, status, usage = os.wait4(step.proc.pid, os.WNOHANG)
+    if pid == 0:
+        return False
+    step.proc.returncode = os.waitstatus_to_exitcode(status)
+    step.cpu = usage.ru_utime + usage.ru_stime
+    return True
 
 
 def skip(step: Step, dependency: str, log_dir: Path, results: IO[str]) -> None:
@@ -100,7 +116,7 @@ def skip(step: Step, dependency: str, log_dir: Path, results: IO[str]) -> None:
     step.log_path = log_dir / log_name(step.name)
     step.log_path.write_text(f"not run: {dependency} failed\n")
     print(f"--- FAIL {step.name} (not run: {dependency} failed)", flush=True)
-    results.write(f"{step.name}\t{step.rc}\t0\n")
+    results.write(f"{step.name}\t{step.rc}\t0\t0\n")
     results.flush()
 
 
@@ -126,8 +142,7 @@ def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> No
                 running.append(step)
         time.sleep(1)
         for step in list(running):
-            assert step.proc is not None
-            if step.proc.poll() is not None:
+            if reap(step):
                 running.remove(step)
                 finish(step, results)
                 assert step.rc is not None
