@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         rows = json.loads(args.report.read_text())["rows"]
         print(table(rows) + "\n\n" + "\n".join(verdicts(rows)))
-        return 0
+        return 0 if all(ok(r, k) for r in rows for k in ("lab_up", "apply", "check")) else 1
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict] = []
     try:

@@ -7,6 +7,7 @@ time (its duration), and every task that reported a change (what `check` lists a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,20 @@ class HostProgress:
         if self.started is None or self.finished is None:
             return 0.0
         return (self.finished - self.started).total_seconds()
+
+
+def unreachable_reason(msg: str) -> str:
+    """One line that says why a host could not be reached. OpenSSH's warning about a changed host
+    key opens with a banner of `@` (Ansible's message: "Failed to connect to the host via ssh: @@@..."),
+    so its last line ("Host key verification failed.") is the reason then."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    if not lines:
+        return "unreachable"
+    first = lines[0]
+    if re.search(r"@{5,}", first):
+        prefix = first.split("@", 1)[0].strip()
+        return f"{prefix} {lines[-1]}".strip()[:300]
+    return first[:300]
 
 
 def _parse_time(created: str | None) -> datetime | None:
@@ -106,7 +121,7 @@ class RunTracker:
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             hp.failed_tasks.append(task)
         if kind == "runner_on_unreachable":
-            hp.unreachable = (str(res.get("msg") or "unreachable").strip().splitlines() or ["unreachable"])[0][:300]
+            hp.unreachable = unreachable_reason(str(res.get("msg") or ""))
         if kind == "runner_on_ok" and "censored" in res and not self._changed(res):
             self.hidden.append(Change(host=hp.host, task=task, role=data.get("role"),
                                       action=data.get("task_action", "")))

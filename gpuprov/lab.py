@@ -139,7 +139,7 @@ ssh-keygen -A >/dev/null
 install -d -m 0700 /root/.ssh
 printf '%s\n' {pub} > /root/.ssh/authorized_keys
 chmod 0600 /root/.ssh/authorized_keys
-systemctl enable --now ssh.service >/dev/null 2>&1
+systemctl enable --now ssh.service >/dev/null
 cat /etc/ssh/ssh_host_ed25519_key.pub"""
 
 

@@ -35,11 +35,14 @@ def recap_table(recaps: Sequence[HostRecap]) -> str:
 
 def failures(result: RunResult) -> list[str]:
     """One line per failed task, by host; a host that could not be reached says why."""
+    # A delegated task that may fail to reach its peer (ignore_unreachable) is reported under the
+    # delegating host: only a host that the recap counts unreachable gets the line.
+    unreachable = {r.host for r in result.recaps if r.unreachable}
     out = []
     for hp in sorted(result.tracker.hosts.values(), key=lambda h: h.host):
         for task in hp.failed_tasks:
             out.append(f"FAILED {hp.host}: {task}")
-        if hp.unreachable:
+        if hp.unreachable and hp.host in unreachable:
             out.append(f"UNREACHABLE {hp.host}: {hp.unreachable}")
     return out
 

@@ -84,8 +84,8 @@ def ansible_env() -> dict[str, str]:
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         # ansible-runner turns host key checking off unless the caller sets it, which would beat
-        # ansible.cfg: every run would accept any host key, a changed one too. Only inventories
-        # of local containers (the lab) turn it off, per host (ansible_host_key_checking).
+        # ansible.cfg: every run would accept any host key, a changed one too. The lab checks
+        # its hosts' keys as well (lab up writes a known_hosts of its own).
         "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING") or "True",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",

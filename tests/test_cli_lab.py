@@ -204,12 +204,17 @@ def test_lab_hosts_fetch_debian_through_the_shared_cache(lab, docker_client):
     assert conf.decode().strip() == f'Acquire::http::Proxy::deb.debian.org "http://{net["Gateway"]}:{port}";'
     # jq (base_packages) fetched again into a directory of its own: the host's archive directory
     # (.gpuprov/apt-cache, kept across labs) cannot answer, so the package comes from the archive.
+    # Only what the cache logs from now on counts (its log outlives labs, whose addresses repeat).
+    cache_log = Path("/var/log/apt-cacher-ng/apt-cacher.log")
+    start = cache_log.stat().st_size
     rc, out = _exec(container, ["sh", "-c", "rm -rf /tmp/aptdl && mkdir -p /tmp/aptdl/partial && apt-get install"
                                 " --reinstall --download-only -y -qq -o Dir::Cache::archives=/tmp/aptdl jq"])
     assert rc == 0, out
     deadline, fetched = time.time() + 15, False
     while not fetched and time.time() < deadline:
-        log = Path("/var/log/apt-cacher-ng/apt-cacher.log").read_text().splitlines()
+        with cache_log.open("rb") as f:
+            f.seek(start)
+            log = f.read().decode(errors="replace").splitlines()
         served = [ln.split("|") for ln in log if ln.count("|") >= 4]
         fetched = any(f[3] == net["IPAddress"] and "/jq_" in f[4] and f[4].endswith(".deb") for f in served)
         time.sleep(0 if fetched else 1)

@@ -79,3 +79,23 @@ def test_a_host_that_could_not_be_reached_says_why(tmp_path):
     lines = report.play_report(result, check=False).splitlines()
     assert f"UNREACHABLE gpu-b: {msg}" in lines
     assert not [ln for ln in lines if ln.startswith("UNREACHABLE gpu-a")]
+
+
+def test_openssh_changed_key_warning_is_reported_by_its_last_line(tmp_path):
+    """Ansible's own SSH connection puts OpenSSH's whole warning in the message, banner first."""
+    stderr = ("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n"
+              "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r\n"
+              "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r\n"
+              "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\r\n"
+              "Host key for 10.0.0.5 has changed and you have requested strict checking.\r\n"
+              "Host key verification failed.")
+    result = _result(tmp_path, [
+        _end("runner_on_unreachable", "gpu-b", "Gathering Facts",
+             msg="Failed to connect to the host via ssh: " + stderr, unreachable=True),
+        # A delegated task that could not reach its peer, under the host that delegated it.
+        _end("runner_on_unreachable", "gpu-a", "Gather the facts of mon1", msg="ssh: connect to host mon1: timed out",
+             unreachable=True),
+    ], [HostRecap("gpu-a", ok=9), HostRecap("gpu-b", unreachable=1)], rc=4)
+    lines = report.play_report(result, check=False).splitlines()
+    assert "UNREACHABLE gpu-b: Failed to connect to the host via ssh: Host key verification failed." in lines
+    assert not [ln for ln in lines if ln.startswith("UNREACHABLE gpu-a")]
