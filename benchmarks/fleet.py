@@ -3,6 +3,9 @@ monitoring host), one after another on one lab that grows, with the ratios again
 a no-op apply and a check of the 2-host lab (one GPU host and the monitoring host) within 45 s each,
 a check of 8 GPU hosts within 1.5x that of 1.
 
+Each time comes with the controller's processor time in brackets (gpuprov's and Ansible's processes
+on this machine, not the hosts' work).
+
 usage: python benchmarks/fleet.py [--sizes 1,2,4,8] [--os debian12] [--keep] [--json FILE]
        python benchmarks/fleet.py --report FILE    (the table and verdicts of a run's JSON again)
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -27,23 +31,37 @@ GOAL_SECONDS = 45.0
 GOAL_RATIO = 1.5
 
 
-def timed(*args: str) -> tuple[float, int, str]:
-    """(seconds, exit status, the output's last lines) of one gpuprov command."""
-    t0 = time.monotonic()
+def children_cpu() -> float:
+    """Processor time (user + system) of the ended children this process waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(*args: str) -> tuple[float, int, str, float]:
+    """(seconds, exit status, the output's last lines, the controller's processor seconds) of one
+    gpuprov command. The controller's share is gpuprov's and Ansible's own processes on this machine
+    (the SSH clients included), not the work on the hosts: on a fleet only this share is shared."""
+    t0, c0 = time.monotonic(), children_cpu()
     out = subprocess.run([GPUPROV, *args], cwd=ROOT, capture_output=True, text=True)
     tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
-    return time.monotonic() - t0, out.returncode, tail
+    return time.monotonic() - t0, out.returncode, tail, children_cpu() - c0
 
 
 def ok(row: dict, key: str) -> bool:
     return row.get(f"{key}_rc") == 0
 
 
+def cell(r: dict, key: str) -> str:
+    if not ok(r, key):
+        return f"failed (exit {r[f'{key}_rc']})"
+    cpu = r.get(f"{key}_cpu")
+    return f"{r[key]}" if cpu is None else f"{r[key]} ({cpu} cpu)"
+
+
 def table(rows: list[dict]) -> str:
     out = ["| GPU hosts (+1 monitoring) | lab up (s) | no-op apply (s) | check (s) |", "|---|---|---|---|"]
     for r in rows:
-        cells = [f"{r[k]}" if ok(r, k) else f"failed (exit {r[f'{k}_rc']})" for k in ("lab_up", "apply", "check")]
-        out.append(f"| {r['hosts']} | " + " | ".join(cells) + " |")
+        out.append(f"| {r['hosts']} | " + " | ".join(cell(r, k) for k in ("lab_up", "apply", "check")) + " |")
     return "\n".join(out)
 
 
@@ -83,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             row: dict = {"hosts": n}
             for name, cmd in (("lab_up", ["lab", "up", "--os", args.os, "--hosts", str(n)]),
                               ("apply", ["apply"]), ("check", ["check"])):
-                secs, rc, tail = timed(*cmd)
+                secs, rc, tail, cpu = timed(*cmd)
                 row[name] = round(secs, 1)
                 row[f"{name}_rc"] = rc
-                print(f"{n} host(s): {name} {secs:.1f} s, exit {rc}", flush=True)
+                row[f"{name}_cpu"] = round(cpu, 1)
+                print(f"{n} host(s): {name} {secs:.1f} s, exit {rc}, controller cpu {cpu:.1f} s", flush=True)
                 if rc != 0:
                     print(tail, file=sys.stderr)
             rows.append(row)
