@@ -51,6 +51,10 @@ def ok(row: dict, key: str) -> bool:
     return row.get(f"{key}_rc") == 0
 
 
+def all_ok(rows: list[dict]) -> bool:
+    return all(ok(r, k) for r in rows for k in ("lab_up", "apply", "check"))
+
+
 def cell(r: dict, key: str) -> str:
     if not ok(r, key):
         return f"failed (exit {r[f'{key}_rc']})"
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         rows = json.loads(args.report.read_text())["rows"]
         print(table(rows) + "\n\n" + "\n".join(verdicts(rows)))
-        return 0 if all(ok(r, k) for r in rows for k in ("lab_up", "apply", "check")) else 1
+        return 0 if all_ok(rows) else 1
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict] = []
     try:
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows) + "\n\n" + "\n".join(found))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "verdicts": found}, indent=2) + "\n")
-    return 0 if all(ok(r, k) for r in rows for k in ("lab_up", "apply", "check")) else 1
+    return 0 if all_ok(rows) else 1
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class HostProgress:
     finished: datetime | None = None
     failed_tasks: list[str] = field(default_factory=list)
     # Why the host could not be reached (the connection's own message, e.g. a host key that does
-    # not match): the first line, for the report.
+    # not match), in one line for the report (unreachable_reason).
     unreachable: str = ""
 
     @property
