@@ -14,11 +14,11 @@ from conftest import write_local_inventory
 
 from gpuprov.runner import RunRequest, run
 
-FEDORA = {"ansible_distribution": "Fedora", "ansible_distribution_major_version": "41",
-          "ansible_distribution_version": "41", "ansible_os_family": "RedHat"}
-DEBIAN = {"ansible_distribution": "Debian", "ansible_distribution_major_version": "12",
-          "ansible_distribution_version": "12.8", "ansible_os_family": "Debian",
-          "ansible_distribution_release": "bookworm"}
+FEDORA = {"ansible_facts": {"distribution": "Fedora", "distribution_major_version": "41",
+                           "distribution_version": "41", "os_family": "RedHat"}}
+DEBIAN = {"ansible_facts": {"distribution": "Debian", "distribution_major_version": "12",
+                           "distribution_version": "12.8", "os_family": "Debian",
+                           "distribution_release": "bookworm"}}
 
 
 def _preflight(tmp_path: Path, role: str, facts: dict, probe: str) -> tuple[int, list[dict]]:

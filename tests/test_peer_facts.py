@@ -31,11 +31,11 @@ def _run(tmp_path: Path, monitoring: dict) -> tuple[int, Path, list[dict]]:
         "tasks": [
             {"name": "Know the monitoring hosts' addresses", "ansible.builtin.include_role": {
                 "name": "_common", "tasks_from": "peer_facts"},
-             "vars": {"_common_peer_group": "monitoring", "_common_peer_facts": ["ansible_default_ipv4.address"],
+             "vars": {"_common_peer_group": "monitoring", "_common_peer_facts": ["ansible_facts.default_ipv4.address"],
                       "_common_peer_purpose": "The test's firewall"}},
             {"name": "Write the configuration", "ansible.builtin.copy": {
-                "content": "{{ groups['monitoring'] | map('extract', hostvars, ['ansible_default_ipv4', 'address'])"
-                           " | join(' ') }}",
+                "content": "{{ groups['monitoring']"
+                           " | map('extract', hostvars, ['ansible_facts', 'default_ipv4', 'address']) | join(' ') }}",
                 "dest": str(changed), "mode": "0644"}},
         ],
     }]))
@@ -57,6 +57,6 @@ def test_a_host_whose_facts_cannot_be_had_fails_the_run_by_name_before_any_chang
     assert rc != 0
     task, msg = first_failure(events)
     assert task == "Check the needed facts are known of every host in monitoring"
-    assert "these hosts lack them: m2." in msg and "ansible_default_ipv4.address" in msg
+    assert "these hosts lack them: m2." in msg and "ansible_facts.default_ipv4.address" in msg
     assert "Nothing was changed" in msg
     assert not changed.exists(), "the configuration was written without a monitoring host"

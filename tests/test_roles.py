@@ -4,6 +4,12 @@ scenario, and a namespace in meta/main.yml."""
 
 from __future__ import annotations
 
+import configparser
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +169,34 @@ def test_molecule_scenario_with_testinfra(role):
     assert scenarios, f"no Molecule scenario converges {role.name}"
     for s in scenarios:
         assert list(s.parent.glob("tests/test_*.py")), f"{s.parent} has no testinfra tests"
+
+
+def _gathered_fact_names() -> set[str]:
+    """The names Ansible's setup module gives this host's facts (a real gather, not a list here)."""
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
+                          "ansible.builtin.setup", "-e", f"ansible_python_interpreter={sys.executable}", "-o"],
+                         capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}).stdout
+    facts = json.loads(out.split("=>", 1)[1])["ansible_facts"]
+    return {k.removeprefix("ansible_") for k in facts} - {"local"}
+
+
+def test_facts_are_read_from_ansible_facts_only():
+    """inject_facts_as_vars is off for the CLI's runs and Molecule's (ansible-core 2.20 deprecates the
+    injected copies), and nothing reads a fact by its injected name (`ansible_distribution` for
+    `ansible_facts['distribution']`), also on paths no test runs (another distribution's vars). Only
+    `ansible_local` keeps its name: Ansible always promotes it."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "ansible.cfg")
+    assert cfg.getboolean("defaults", "inject_facts_as_vars") is False
+    molecule = _yaml(ROOT / ".config/molecule/config.yml")
+    assert molecule["provisioner"]["config_options"]["defaults"]["inject_facts_as_vars"] is False
+    names = _gathered_fact_names()
+    assert {"distribution", "default_ipv4", "python", "architecture"} <= names
+    injected = re.compile(r"\bansible_(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")\b")
+    files = [p for pattern in ("roles/**/*.yml", "roles/**/*.j2", "playbooks/*.yml", "inventories/**/*.yml",
+                               "molecule/**/*.yml", "benchmarks/**/*.yml")
+             for p in ROOT.glob(pattern)]
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in files
+             for n, line in enumerate(p.read_text().splitlines(), 1) if injected.search(line)]
+    assert not found, "\n".join(found)

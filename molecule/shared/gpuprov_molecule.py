@@ -44,10 +44,21 @@ def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check
 
 def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = False,
              limit: str | None = None, pre_roles: tuple[str, ...] = (), hosts: str = "all",
-             extra_inventory: dict[str, Any] | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
-    """`extra_inventory`: an inventory (YAML structure) added to Molecule's, e.g. hosts that join a group."""
+             extra_inventory: dict[str, Any] | None = None,
+             facts: dict[str, dict[str, Any]] | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
+    """`extra_inventory`: an inventory (YAML structure) added to Molecule's, e.g. hosts that join a group.
+    `facts`: facts of hosts that are never reached (host -> facts, as `ansible_facts` names them), put
+    in the run's fact cache first, as an earlier run would have left them; an inventory cannot give
+    facts (Ansible's fact cache replaces an inventory's `ansible_facts`)."""
     play = [{"name": f"Apply {role}", "hosts": hosts, "become": True,
              "roles": [*pre_roles, role]}]
+    if facts:
+        play.insert(0, {"name": "The facts of hosts that are never reached", "hosts": "localhost",
+                        "gather_facts": False, "tasks": [
+                            {"name": f"Cache the facts of {host}",
+                             "ansible.builtin.set_fact": {**host_facts, "cacheable": True},
+                             "delegate_to": host, "delegate_facts": True}
+                            for host, host_facts in facts.items()]})
     with tempfile.TemporaryDirectory(prefix="gpuprov-verify-") as tmp:
         path = Path(tmp) / "play.yml"
         path.write_text(yaml.safe_dump(play))

@@ -27,10 +27,10 @@ BASE = {"prometheus_probe_ca_cert": CA, "prometheus_scrape_interval": "5s", "pro
 
 
 def _gpu_host(address: str) -> dict:
-    """A GPU host that does not exist, with the facts Prometheus's configuration is made from (as the
-    fact cache would give them)."""
-    return {"ansible_host": address, "ansible_default_ipv4": {"address": address},
-            "ansible_local": {"gpu": {"gpu_count": 0}}}
+    """A GPU host that does not exist, with the facts Prometheus's configuration is made from under
+    "facts" (run_role puts them in the fact cache, where a real host's would be)."""
+    return {"ansible_host": address,
+            "facts": {"default_ipv4": {"address": address}, "ansible_local": {"gpu": {"gpu_count": 0}}}}
 
 
 # The GPU hosts converge adds; every run here names them too (a run_role has only Molecule's inventory).
@@ -41,8 +41,12 @@ ALERTS = {"InferenceLatencyHigh", "InferenceTokenLatencyHigh", "GpuUtilizationHi
 
 
 def _prometheus(extra: dict | None = None, more_gpus: dict | None = None):
-    inventory = {"all": {"children": {"gpu_servers": {"hosts": {**GPUS, **(more_gpus or {})}}}}}
-    return run_role("prometheus", {**BASE, **(extra or {})}, hosts="monitoring", extra_inventory=inventory)
+    gpus = {**GPUS, **(more_gpus or {})}
+    hosts = {name: {k: v for k, v in host.items() if k != "facts"} for name, host in gpus.items()}
+    facts = {name: host["facts"] for name, host in gpus.items() if "facts" in host}
+    inventory = {"all": {"children": {"gpu_servers": {"hosts": hosts}}}}
+    return run_role("prometheus", {**BASE, **(extra or {})}, hosts="monitoring", extra_inventory=inventory,
+                    facts=facts)
 
 
 def _api(path: str, port: int = 9090) -> dict:
