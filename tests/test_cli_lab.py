@@ -1,7 +1,8 @@
 """End to end through scripts/gpuprov, and the repository's one converge of the whole stack: lab up
 applies site.yml to real systemd containers (an inference host and a monitoring host), a second
-apply changes nothing, a whole-site check finds one hand edit and nothing else (exit 2) and apply
-corrects it, facts shows the host, lab down removes it. Then the stack as its users meet it, from
+apply changes nothing, a whole-site drift run finds one hand edit and nothing else (exit 2), its
+metrics fire ConfigurationDrift in the lab's Prometheus, and apply corrects it, facts shows the host,
+lab down removes it. Then the stack as its users meet it, from
 this machine (the lab's one API client) and from an outsider container: the API through the gateway
 over TLS 1.3, Triton's own routes refused, the firewall, Prometheus and its alerts, verify."""
 
@@ -98,33 +99,59 @@ def test_a_limited_apply_keeps_what_the_other_hosts_facts_make(lab):
         assert f"Gather the facts of {other}" in log, f"{other}'s facts were not gathered"
 
 
-def test_check_finds_only_the_drift_and_apply_corrects_it(lab, docker_client):
-    """The whole site in check mode on the converged lab, one file edited by hand on one host: the
-    check reports that one task and nothing else on any host (every other task would change
-    nothing: no drift), exits 2 and changes nothing; apply of the drifted role's phase corrects it,
-    and the role's check then finds no drift either."""
-    container = docker_client.containers.get(HOST)
+def test_drift_finds_only_the_drift_its_alert_fires_and_apply_corrects_it(lab, docker_client, tmp_path):
+    """`gpuprov drift` over the whole converged lab, one file edited by hand on one host: that host
+    `drifted` with that one task and its diff, the other `compliant` (every other task would change
+    nothing), exit 2, nothing changed. Its metrics, put where the lab's node exporter reads them (the
+    scheduled run writes them into the controller's own textfile directory), reach Prometheus and
+    ConfigurationDrift fires for that host. Apply of the drifted role's phase corrects it, and the
+    role's check then finds no drift either."""
+    container, mon = docker_client.containers.get(HOST), docker_client.containers.get(MON)
     rc, _ = _exec(container, ["sed", "-i", "s/^vm.swappiness = .*/vm.swappiness = 60/",
                                 "/etc/sysctl.d/90-gpuprov.conf"])
     assert rc == 0
-    check = run_gpuprov("check")
-    assert check.returncode == 2, check.stdout[-3000:]
-    assert f"{HOST}: 1 task(s) would change" in check.stdout
-    assert "  - base : Write the kernel settings" in check.stdout
-    summary = _summary(check.stdout)
-    assert summary["command"] == "check"
-    assert {h: summary["hosts"][h]["changed"] for h in (HOST, MON)} == {HOST: 1, MON: 0}
-    assert all(summary["hosts"][h]["failed"] == 0 for h in (HOST, MON))
+    metrics = tmp_path / "gpuprov_drift.prom"
+    drift = run_gpuprov("drift", "--format", "json", "--metrics-file", str(metrics))
+    assert drift.returncode == 2, drift.stdout[-3000:] + drift.stderr[-3000:]
+    report = json.loads(drift.stdout)
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert {h: r["status"] for h, r in hosts.items()} == {HOST: "drifted", MON: "compliant"}
+    [task] = hosts[HOST]["tasks"]
+    assert task["task"].endswith("Write the kernel settings"), task
+    assert "-vm.swappiness = 60" in task["diff"] and "+vm.swappiness = 10" in task["diff"], task["diff"]
     # check mode changed nothing on the host
     _, content = _exec(container, ["cat", "/etc/sysctl.d/90-gpuprov.conf"], want_output=True)
     assert b"vm.swappiness = 60" in content
-    fix = run_gpuprov("apply", "--limit", HOST, "--tags", "base_configure")
-    assert fix.returncode == 0, fix.stdout[-3000:]
-    _, content = _exec(container, ["cat", "/etc/sysctl.d/90-gpuprov.conf"], want_output=True)
-    assert b"vm.swappiness = 10" in content
-    again = run_gpuprov("check", "--limit", HOST, "--tags", "base")
-    assert again.returncode == 0, again.stdout[-3000:]
-    assert "no changes: the hosts match the repository" in again.stdout
+    textfile = "/var/lib/prometheus/node-exporter/gpuprov_drift.prom"
+    put = time.time() - 2
+    rc, out = _sh(container, f"cat > {textfile}.tmp <<'EOF'\n{metrics.read_text()}EOF\nmv {textfile}.tmp {textfile}")
+    assert rc == 0, out
+    try:
+        fix = run_gpuprov("apply", "--limit", HOST, "--tags", "base_configure")
+        assert fix.returncode == 0, fix.stdout[-3000:]
+        _, content = _exec(container, ["cat", "/etc/sysctl.d/90-gpuprov.conf"], want_output=True)
+        assert b"vm.swappiness = 10" in content
+        again = run_gpuprov("check", "--limit", HOST, "--tags", "base")
+        assert again.returncode == 0, again.stdout[-3000:]
+        assert "no changes: the hosts match the repository" in again.stdout
+        # The drift run's metrics as Prometheus sees them: ConfigurationDrift for that host (the
+        # lab's windows: 15 s scrapes, 60 s for the alert).
+        deadline, firing = time.time() + 300, []
+        while time.time() < deadline and not firing:
+            time.sleep(5)
+            firing = [a for a in _active(mon, "ConfigurationDrift") if a["state"] == "firing"
+                      and _since(a["activeAt"]) >= put]
+        assert [a["labels"]["managed_host"] for a in firing] == [HOST], _active(mon, "ConfigurationDrift")
+        assert firing[0]["labels"]["inventory"] == report["inventory"]
+        assert "1 task(s) would change it" in firing[0]["annotations"]["summary"], firing[0]
+    finally:
+        # The drift is corrected: its metrics leave, and so does the alert (later tests verify that
+        # no alert fires).
+        assert _sh(container, f"rm -f {textfile}")[0] == 0
+        deadline = time.time() + 120
+        while time.time() < deadline and _active(mon, "ConfigurationDrift"):
+            time.sleep(5)
+    assert not _active(mon, "ConfigurationDrift")
 
 
 def test_the_lab_is_reached_over_ssh_and_a_host_whose_key_changed_is_left_alone(lab, docker_client, tmp_path):
@@ -653,6 +680,11 @@ def _alerts(mon) -> list[dict]:
     rc, out = _exec(mon, ["curl", "-sS", "http://127.0.0.1:9090/api/v1/alerts"], want_output=True)
     assert rc == 0, f"Prometheus's alerts API: curl exit {rc}: {out[:300]!r}"
     return json.loads(out)["data"]["alerts"]
+
+
+def _active(mon, name: str) -> list[dict]:
+    """The alerts of that name Prometheus has pending or firing."""
+    return [a for a in _alerts(mon) if a["labels"]["alertname"] == name]
 
 
 def _firing(mon, since: float = 0.0) -> list[str]:

@@ -5,6 +5,8 @@ own runner (the code path of `gpuprov apply` and `gpuprov check`).
   zero changes on a converged host (the drift check).
 - `run_role(role, extra_vars, ...)`: apply one role with extra variables, for bad-input and
   failure-path tests; returns the result and every event.
+- `role_verify(role)`: the role's own tasks/verify.yml (what `gpuprov verify` runs) with the
+  scenario's settings; returns each check's result.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from gpuprov.runner import RunRequest, RunResult, run
+from gpuprov.verify import Check, CheckCollector
 
 
 def _inventory_dir() -> str:
@@ -68,6 +71,61 @@ def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = 
             extra.write_text(yaml.safe_dump(extra_inventory))
             inventories = (str(extra),)
         return run_playbook(path, extra_vars, check, limit, inventories)
+
+
+def role_verify(role: str) -> list[Check]:
+    """The role's tasks/verify.yml, the checks `gpuprov verify` runs on a lab or fleet, against the
+    scenario's hosts with the scenario's settings: every play of converge.yml that applies the role
+    (its hosts, vars and vars_files) runs the role's verify tasks instead, through gpuprov's runner
+    and its verify module. Returns every check (an unreachable host or a broken probe task is a
+    failed check, so a run cannot pass by checking nothing)."""
+    converge = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"
+    plays = []
+    for play in yaml.safe_load(converge.read_text()):
+        entry = _role_entry(play, role)
+        if entry is None:
+            continue
+        task = {"name": f"Run {role}'s checks",
+                "ansible.builtin.include_role": {"name": role, "tasks_from": "verify.yml"}}
+        if "when" in entry:
+            task["when"] = entry["when"]
+        verify = {"name": f"Verify {role}", "hosts": play["hosts"], "become": True,
+                  "vars": {**play.get("vars", {}), **entry.get("vars", {})}, "tasks": [task]}
+        if play.get("vars_files"):  # relative to converge.yml, as Ansible would resolve them there
+            verify["vars_files"] = [str(converge.parent / f) for f in play["vars_files"]]
+        plays.append(verify)
+    assert plays, f"no play of {converge} applies {role}"
+    collector = CheckCollector()
+    with tempfile.TemporaryDirectory(prefix="gpuprov-role-verify-") as tmp:
+        path = Path(tmp) / "verify.yml"
+        path.write_text(yaml.safe_dump(plays))
+        req = RunRequest(command="molecule-role-verify", playbook=str(path), inventories=[_inventory_dir()])
+        result = run(req, on_event=collector)
+    assert result.rc == 0 or collector.checks, f"{role}'s verify ran no check (rc {result.rc}): {result.run_dir}"
+    return collector.checks
+
+
+def _role_entry(play: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """Where the play applies the role: its `roles` entry or its include_role/import_role task."""
+    for r in play.get("roles", []):
+        entry = {"role": r} if isinstance(r, str) else r
+        if entry.get("role", entry.get("name")) == role:
+            return entry
+    for t in play.get("tasks", []):
+        for action in ("ansible.builtin.include_role", "ansible.builtin.import_role"):
+            if (t.get(action) or {}).get("name") == role:
+                return t
+    return None
+
+
+def assert_role_verify(role: str, hosts: list[str], expected: dict[str, str]) -> list[Check]:
+    """The role's own checks on the converged hosts: each check in `expected` (name -> pass, FAIL or
+    skip) with that result on every host in `hosts`, and no other check or failure."""
+    checks = role_verify(role)
+    got = {(c.host, c.name): c.result for c in checks}
+    want = {(h, name): result for h in hosts for name, result in expected.items()}
+    assert got == want, "\n".join(f"{c.host}: {c.name}: {c.result}: {c.found}" for c in checks)
+    return checks
 
 
 def failed_tasks(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

@@ -13,10 +13,13 @@ import pytest
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     failed_tasks,
     instance,
     run_role,
 )
+
+from gpuprov.verify import PASS
 
 HOSTS = ["gpuprov-fw-debian12", "gpuprov-fw-debian13"]
 OUTSIDER = instance("gpuprov-fw-outsider")
@@ -73,6 +76,15 @@ def _dropped(host, ip: str, port: int) -> bool:
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts."""
+    assert_role_verify("firewall", HOSTS, {
+        "Firewall: table loaded, input dropped by default": PASS,
+        "Firewall: loaded at boot": PASS,
+    })
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -16,8 +16,11 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     exposure,
     instance,
+    role_verify,
     run_role,
 )
+
+from gpuprov.verify import FAIL, PASS
 
 HOSTS = ["gpuprov-gateway-debian12", "gpuprov-gateway-debian13"]
 APP = "molecule-gateway-app-key-00000000000000"
@@ -37,6 +40,21 @@ def _post(host, key: str | None) -> tuple[int, dict, str]:
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_finds_nothing_to_serve():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts. Nothing serves a model here (no Triton, the
+    cloud off): the gateway runs and refuses a request without a key, and verify says it is not
+    ready and a completion gets 503, as it must on a host whose backend is gone."""
+    checks = role_verify("gateway")
+    got = {(c.host, c.name): (c.result, c.found) for c in checks}
+    for h in HOSTS:
+        assert got.pop((h, "Gateway: service active"))[0] == PASS
+        assert got.pop((h, "Gateway: a request without a key is refused (401)"))[0] == PASS
+        assert got.pop((h, "Gateway: ready")) == (FAIL, "127.0.0.1:8080/readyz: HTTP 503")
+        assert got.pop((h, "Gateway: an authenticated completion answers")) == (FAIL, "HTTP 503")
+    assert not got, got
 
 
 def test_a_lost_restart_is_drift_and_the_next_apply_restarts_the_gateway():

@@ -14,8 +14,11 @@ from gpuprov_molecule import (
     exposure,
     failed_tasks,
     instance,
+    role_verify,
     run_role,
 )
+
+from gpuprov.verify import FAIL, PASS
 
 AUTO, FORCED = instance("gpuprov-gpuexp-auto"), instance("gpuprov-gpuexp-forced")
 VENV = "/opt/gpuprov/gpu-exporter/venv"
@@ -25,6 +28,21 @@ WHEELS = {"gpu_exporter_controller_wheelhouse": f"{os.environ.get('GPUPROV_CACHE
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_says_where_the_exporter_belongs():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts: on auto without GPUs the exporter is absent,
+    which passes; forced on without a driver it stops at the missing NVML, which verify must
+    report as a failure (on a GPU host that is a broken exporter)."""
+    found = role_verify("gpu_exporter")
+    assert {c.name for c in found} == {"GPU exporter: running where the gpu fact shows GPUs"}, found
+    checks = {c.host: c for c in found}
+    assert {h: c.result for h, c in checks.items()} == {"gpuprov-gpuexp-auto": PASS, "gpuprov-gpuexp-forced": FAIL}
+    assert len(found) == 2, found
+    assert "not deployed: the gpu fact shows 0 GPU(s)" in checks["gpuprov-gpuexp-auto"].found
+    forced = checks["gpuprov-gpuexp-forced"].found
+    assert forced.startswith(f"{UNIT} is ") and not forced.startswith(f"{UNIT} is active,"), forced
 
 
 def test_auto_installs_nothing_without_gpus_and_says_why():

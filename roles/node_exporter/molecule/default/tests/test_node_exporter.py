@@ -15,11 +15,14 @@ from gpuprov_molecule import (
     assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     exposure,
     failed_tasks,
     instance,
     run_role,
 )
+
+from gpuprov.verify import PASS
 
 HOSTS = ["gpuprov-nodeexp-debian12", "gpuprov-nodeexp-debian13"]
 METRICS = "http://127.0.0.1:9100/metrics"
@@ -29,6 +32,15 @@ HASH = "$2b$10$J6.q5KFL1FWtzHgMhy0iDOcCkOkz1UailCJDgh.7SMzn8rDGSfG.K"
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts."""
+    assert_role_verify("node_exporter", HOSTS, {
+        "Node exporter: service active": PASS,
+        "Node exporter: metrics served": PASS,
+    })
 
 
 def test_a_flags_change_whose_restart_was_lost_is_drift_and_applied():

@@ -8,12 +8,15 @@ import pytest
 from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     failed_tasks,
     instance,
     run_role,
     serve_stand_in_repository,
     stop_stand_in_repository,
 )
+
+from gpuprov.verify import SKIP
 
 BRANCH = {"12": "535", "13": "550"}
 PACKAGES = ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1"]
@@ -60,6 +63,15 @@ def test_fact_with_driver_packages_and_no_gpu(host):
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts.
+    The containers have no NVIDIA device on their PCI bus: the check does not apply, and says so."""
+    assert_role_verify("nvidia_driver", ["gpuprov-debian12", "gpuprov-debian13"], {
+        "GPU driver: nvidia-smi sees every NVIDIA GPU on the PCI bus (hosts with NVIDIA GPUs)": SKIP,
+    })
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -18,8 +19,11 @@ from gpuprov_molecule import (
     exposure,
     failed_tasks,
     instance,
+    role_verify,
     run_role,
 )
+
+from gpuprov.verify import FAIL, PASS
 
 MON = instance("gpuprov-prom-debian12")
 CA = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "ca.crt")
@@ -72,6 +76,24 @@ def _wait(predicate, seconds: int = 60):
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes_but_for_the_gpu_hosts_that_do_not_exist():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings: Prometheus ready with gpuprov's alerts loaded, and "every target up"
+    failing on the two GPU hosts that do not exist (TEST-NET-1), by their addresses. "No alert
+    firing" is not judged here: whether TargetDown fires yet depends on how long ago converge ran."""
+    checks = {c.name: c for c in role_verify("prometheus")}
+    assert {c.host for c in checks.values()} == {"gpuprov-prom-debian12"}, checks
+    assert checks["Prometheus: ready"].result == PASS, checks["Prometheus: ready"]
+    assert checks["Prometheus: gpuprov's alerts loaded"].result == PASS, checks["Prometheus: gpuprov's alerts loaded"]
+    down = checks["Prometheus: every target up"]
+    # The message lists the down targets' URLs (cut at 200 characters): the fakes', none of its own.
+    assert down.result == FAIL and "targets down: http" in down.found, down
+    urls = re.findall(r"https?://[^/, ]+", down.found)
+    assert urls and all(u.split("://")[1].startswith(("192.0.2.10:", "192.0.2.11:")) for u in urls[:-1]), down
+    assert set(checks) == {"Prometheus: ready", "Prometheus: every target up", "Prometheus: gpuprov's alerts loaded",
+                           "Prometheus: no alert firing"}, checks
 
 
 def test_the_services_are_hardened():

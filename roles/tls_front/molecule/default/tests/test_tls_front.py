@@ -15,12 +15,15 @@ from gpuprov_molecule import (
     assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     exposure,
     failed_tasks,
     instance,
     run_role,
     s_client,
 )
+
+from gpuprov.verify import PASS
 
 HOSTS = ["gpuprov-front-debian12", "gpuprov-front-debian13"]
 CA = "/etc/gpuprov/tls/ca.crt"
@@ -31,6 +34,18 @@ READY = "https://localhost:8443/v2/health/ready"
 
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts.
+    "Triton" is the stand-in upstream here."""
+    assert_role_verify("tls_front", HOSTS, {
+        "TLS front: nginx active": PASS,
+        "TLS front: HTTPS with a verified certificate, Triton ready behind it": PASS,
+        "TLS front: Triton's own routes refused": PASS,
+        "TLS front: TLS 1.2 refused": PASS,
+    })
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -21,12 +21,15 @@ from gpuprov_molecule import (
     assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     exposure,
     failed_tasks,
     instance,
     journal_since,
     run_role,
 )
+
+from gpuprov.verify import PASS
 
 testinfra_hosts = [f"ansible://gpuprov-debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
 API = "http://127.0.0.1:8000/v2/models/deepseek"
@@ -229,6 +232,16 @@ def test_a_zero_changes_in_check_mode(host):
     assert _ready(host)
     assert host.service("gpuprov-triton-canary.timer").is_running
     assert_no_changes_in_check_mode(units=TRITON_UNITS)
+
+
+def test_the_roles_own_verify_passes():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts."""
+    assert_role_verify("triton", ["gpuprov-debian12"], {
+        "Triton: service active": PASS,
+        "Triton: model ready": PASS,
+        "Triton: generate answers": PASS,
+    })
 
 
 def test_killed_server_comes_back(host):
