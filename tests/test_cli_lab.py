@@ -415,23 +415,24 @@ def test_the_cache_and_the_audit_log_in_front_of_the_real_triton(lab, docker_cli
     ids = [r[1]["x-request-id"] for r in (first, again, other)]
 
     gpu = docker_client.containers.get(HOST)
-    rc, out = _sh(gpu, f"cat {AUDIT_DIR}/audit-*.jsonl")
+    rc, out = _sh(gpu, f"cat {AUDIT_DIR}/audit-*.jsonl", want_output=True)
     assert rc == 0, out
     lines = {json.loads(ln)["request_id"]: json.loads(ln) for ln in out.splitlines() if ln.strip()}
-    assert all(i in lines for i in ids), ids
+    assert all(i in lines for i in ids), (ids, len(lines), out.splitlines()[-4:])
     assert [lines[i]["key_id"] for i in ids] == ["lab-user", "lab-user", "lab-chat-only"]
     assert [lines[i]["cache_hit"] for i in ids] == [False, True, False]
     assert [lines[i]["backend"] for i in ids] == [first[1]["x-backend"], "cache", other[1]["x-backend"]]
     assert all(lines[i]["status"] == 200 and lines[i]["model"] for i in ids)
     assert USER_KEY not in out and CHAT_ONLY_KEY not in out and prompt not in out
-    rc, out = _sh(gpu, f"stat -c '%a' {AUDIT_DIR}/audit-*.jsonl")
+    rc, out = _sh(gpu, f"stat -c '%a' {AUDIT_DIR}/audit-*.jsonl", want_output=True)
     assert rc == 0 and set(out.split()) == {"640"}, out
-    rc, out = _sh(gpu, f"{GATEWAY_CLI} audit-verify {AUDIT_DIR}")
+    rc, out = _sh(gpu, f"{GATEWAY_CLI} audit-verify {AUDIT_DIR}", want_output=True)
     assert rc == 0 and "audit log OK" in out, out
     # One edited line in a copy (the live log stays as it is): the check names where it breaks.
     rc, out = _sh(gpu, f"rm -rf /tmp/audit-copy && cp -a {AUDIT_DIR} /tmp/audit-copy && "
                        f"sed -i 's/\"lab-chat-only\"/\"lab-admin\"/' /tmp/audit-copy/audit-*.jsonl && "
-                       f"{GATEWAY_CLI} audit-verify /tmp/audit-copy; rc=$?; rm -rf /tmp/audit-copy; exit $rc")
+                       f"{GATEWAY_CLI} audit-verify /tmp/audit-copy; rc=$?; rm -rf /tmp/audit-copy; exit $rc",
+                   want_output=True)
     assert rc == 1 and "audit log BROKEN at" in out, out
 
 
@@ -519,8 +520,10 @@ def _ip(container) -> str:
     return container.attrs["NetworkSettings"]["Networks"]["gpuprov-lab"]["IPAddress"]
 
 
-def _sh(container, script: str) -> tuple[int, str]:
-    rc, out = _exec(container, ["sh", "-c", script])
+def _sh(container, script: str, *, want_output: bool = False) -> tuple[int, str]:
+    """A shell script in the container; `want_output`: a read whose empty output is Docker's fault
+    (run again, as `_exec` does), never the answer."""
+    rc, out = _exec(container, ["sh", "-c", script], want_output=want_output)
     return rc, out.decode()
 
 
@@ -586,7 +589,7 @@ def test_the_firewall_survives_an_nftables_restart(lab, docker_client, outsider)
     deadline = time.time() + 15
     while time.time() < deadline and "table inet gpuprov" not in _sh(gpu, "nft list tables")[1]:
         time.sleep(0.5)
-    assert "table inet gpuprov" in _sh(gpu, "nft list tables")[1]
+    assert "table inet gpuprov" in _sh(gpu, "nft list tables", want_output=True)[1]
     _firewall_holds(docker_client, outsider)
     assert _sh(gpu, "systemctl restart gpuprov-firewall")[0] == 0
     _firewall_holds(docker_client, outsider)
@@ -597,17 +600,17 @@ def test_the_monitoring_host_lets_in_the_controller_only(lab, docker_client, out
     machine (the lab's administrator) in and drops another container on the network."""
     mon = docker_client.containers.get(MON)
     ip = _ip(mon)
-    assert "table inet gpuprov" in _sh(mon, "nft list tables")[1]
+    assert "table inet gpuprov" in _sh(mon, "nft list tables", want_output=True)[1]
     assert _tcp_from_here(ip, 9090) == "open"
     assert _curl_code(outsider, f"http://{ip}:9090/api/v1/targets") == 28
     # Prometheus starts only once the table is loaded (the fail-closed drop-in).
-    rc, out = _sh(mon, "systemctl cat prometheus")
+    rc, out = _sh(mon, "systemctl cat prometheus", want_output=True)
     assert rc == 0 and "nft list table inet gpuprov" in out, out
 
 
 def test_triton_listens_on_loopback_only(lab, docker_client):
     gpu = docker_client.containers.get(HOST)
-    rc, out = _sh(gpu, "ss -ltnH")
+    rc, out = _sh(gpu, "ss -ltnH", want_output=True)
     assert rc == 0
     listening = {line.split()[3] for line in out.splitlines()}
     assert "127.0.0.1:8000" in listening and "127.0.0.1:8001" in listening, listening
@@ -619,16 +622,17 @@ def test_the_grpc_port_is_closed_by_default(lab, docker_client):
     unless tls_front_grpc_enabled, so nginx has no such port and the firewall drops it."""
     gpu = docker_client.containers.get(HOST)
     assert _tcp_from_here(_ip(gpu), 8444) == "dropped"
-    _, out = _sh(gpu, "ss -ltnH")
+    _, out = _sh(gpu, "ss -ltnH", want_output=True)
     assert not [line for line in out.splitlines() if line.split()[3].endswith(":8444")]
 
 
 def test_the_hosts_certificate_names_it_and_its_key_is_private(lab, docker_client):
     gpu = docker_client.containers.get(HOST)
-    rc, text = _sh(gpu, "openssl x509 -in /etc/gpuprov/tls/server.crt -noout -ext subjectAltName")
+    rc, text = _sh(gpu, "openssl x509 -in /etc/gpuprov/tls/server.crt -noout -ext subjectAltName",
+                   want_output=True)
     assert rc == 0, text
     assert f"IP Address:{_ip(gpu)}" in text and f"DNS:{HOST}" in text
-    _, mode = _sh(gpu, "stat -c '%a %U' /etc/gpuprov/tls/server.key")
+    _, mode = _sh(gpu, "stat -c '%a %U' /etc/gpuprov/tls/server.key", want_output=True)
     assert mode.split() == ["600", "root"]
 
 
