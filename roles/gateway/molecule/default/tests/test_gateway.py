@@ -42,21 +42,6 @@ def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
 
 
-def test_the_roles_own_verify_finds_nothing_to_serve():
-    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
-    the scenario's settings, on the converged hosts. Nothing serves a model here (no Triton, the
-    cloud off): the gateway runs and refuses a request without a key, and verify says it is not
-    ready and a completion gets 503, as it must on a host whose backend is gone."""
-    checks = role_verify("gateway")
-    got = {(c.host, c.name): (c.result, c.found) for c in checks}
-    for h in HOSTS:
-        assert got.pop((h, "Gateway: service active"))[0] == PASS
-        assert got.pop((h, "Gateway: a request without a key is refused (401)"))[0] == PASS
-        assert got.pop((h, "Gateway: ready")) == (FAIL, "127.0.0.1:8080/readyz: HTTP 503")
-        assert got.pop((h, "Gateway: an authenticated completion answers")) == (FAIL, "HTTP 503")
-    assert not got, got
-
-
 def test_a_lost_restart_is_drift_and_the_next_apply_restarts_the_gateway():
     """A run that wrote a new unit (or new packages) and failed before its handlers left the gateway
     on the old ones; its configuration alone would be reloaded, these need a restart."""
@@ -194,3 +179,19 @@ def test_with_nothing_local_a_key_that_may_fall_back_is_served_by_the_cloud():
 )
 def test_bad_input_fails_before_any_change(extra, task, words):
     assert_fails_before_any_change("gateway", extra, task, words)
+
+
+def test_the_roles_own_verify_finds_nothing_to_serve():
+    """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
+    the scenario's settings, on the converged hosts. Nothing serves a model here (no Triton, the
+    cloud off): the gateway runs and refuses a request without a key, and verify says it is not
+    ready and a completion gets 503, as it must on a host whose backend is gone. Last: its two
+    failed completions open the breaker of the local backend, which the tests above expect closed."""
+    checks = role_verify("gateway")
+    got = {(c.host, c.name): (c.result, c.found) for c in checks}
+    for h in HOSTS:
+        assert got.pop((h, "Gateway: service active"))[0] == PASS
+        assert got.pop((h, "Gateway: a request without a key is refused (401)"))[0] == PASS
+        assert got.pop((h, "Gateway: ready")) == (FAIL, "127.0.0.1:8080/readyz: HTTP 503")
+        assert got.pop((h, "Gateway: an authenticated completion answers")) == (FAIL, "HTTP 503")
+    assert not got, got

@@ -42,7 +42,7 @@ def test_the_roles_own_verify_says_where_the_exporter_belongs():
     assert len(found) == 2, found
     assert "not deployed: the gpu fact shows 0 GPU(s)" in checks["gpuprov-gpuexp-auto"].found
     forced = checks["gpuprov-gpuexp-forced"].found
-    assert forced.startswith(f"{UNIT} is ") and not forced.startswith(f"{UNIT} is active,"), forced
+    assert forced.startswith(f"{UNIT}.service is ") and not forced.startswith(f"{UNIT}.service is active,"), forced
 
 
 def test_auto_installs_nothing_without_gpus_and_says_why():
