@@ -147,7 +147,7 @@ def test_drift_finds_only_the_drift_its_alert_fires_and_apply_corrects_it(lab, d
     finally:
         # The drift is corrected: its metrics leave, and so does the alert (later tests verify that
         # no alert fires).
-        assert _sh(container, f"rm -f {textfile}")[0] == 0
+        _sh(container, f"rm -f {textfile}")
         deadline = time.time() + 120
         while time.time() < deadline and _active(mon, "ConfigurationDrift"):
             time.sleep(5)

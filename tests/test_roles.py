@@ -176,7 +176,8 @@ def _gathered_fact_names() -> set[str]:
     out = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
                           "ansible.builtin.setup", "-e", f"ansible_python_interpreter={sys.executable}", "-o"],
                          capture_output=True, text=True, timeout=120, check=True,
-                         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}).stdout
+                         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                              "ANSIBLE_CACHE_PLUGIN": "ansible.builtin.memory"}).stdout
     facts = json.loads(out.split("=>", 1)[1])["ansible_facts"]
     return {k.removeprefix("ansible_") for k in facts} - {"local"}
 
