@@ -14,9 +14,9 @@ from gpuprov_molecule import (
     assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
+    assert_role_verify,
     exposure,
     instance,
-    role_verify,
     run_role,
 )
 
@@ -187,11 +187,13 @@ def test_the_roles_own_verify_finds_nothing_to_serve():
     cloud off): the gateway runs and refuses a request without a key, and verify says it is not
     ready and a completion gets 503, as it must on a host whose backend is gone. Last: its two
     failed completions open the breaker of the local backend, which the tests above expect closed."""
-    checks = role_verify("gateway")
-    got = {(c.host, c.name): (c.result, c.found) for c in checks}
+    checks = assert_role_verify("gateway", HOSTS, {
+        "Gateway: service active": PASS,
+        "Gateway: a request without a key is refused (401)": PASS,
+        "Gateway: ready": FAIL,
+        "Gateway: an authenticated completion answers": FAIL,
+    })
+    found = {(c.host, c.name): c.found for c in checks}
     for h in HOSTS:
-        assert got.pop((h, "Gateway: service active"))[0] == PASS
-        assert got.pop((h, "Gateway: a request without a key is refused (401)"))[0] == PASS
-        assert got.pop((h, "Gateway: ready")) == (FAIL, "127.0.0.1:8080/readyz: HTTP 503")
-        assert got.pop((h, "Gateway: an authenticated completion answers")) == (FAIL, "HTTP 503")
-    assert not got, got
+        assert found[(h, "Gateway: ready")] == "127.0.0.1:8080/readyz: HTTP 503"
+        assert found[(h, "Gateway: an authenticated completion answers")] == "HTTP 503"
