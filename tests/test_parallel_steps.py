@@ -55,19 +55,28 @@ def test_a_failing_step_is_reported_with_its_output_in_one_piece(tmp_path: Path)
     assert (tmp_path / "logs" / "bad.log").read_text() == "first\nsecond\n"
 
 
-def test_scenarios_that_reuse_the_shared_platforms_conflict_and_one_with_its_own_does_not() -> None:
-    def res(d: str) -> set[str]:
-        # What the scenario holds (a step it waits for, `after:`, is not held).
-        return {r for r in subprocess.check_output([sys.executable, str(RESOURCES), str(ROOT / d)], text=True)
-                .strip().split(",") if not r.startswith("after:")}
+def test_every_scenario_holds_containers_networks_and_caches_of_its_own() -> None:
+    """The shared platforms are named after the scenario run (GPUPROV_SCENARIO, which scripts/test
+    sets to the scenario's id), so no two scenarios hold one container, network or apt cache and all
+    may run side by side; a scenario with platforms of its own keeps its names."""
+    def run(*args: str) -> str:
+        return subprocess.check_output([sys.executable, str(RESOURCES), *args], text=True).strip()
 
-    cuda, triton = res("roles/cuda/molecule/default"), res("roles/triton/molecule/default")
-    gateway, base = res("roles/gateway/molecule/default"), res("roles/base/molecule/default")
-    assert "container:gpuprov-debian12" in cuda & triton
-    assert "container:gpuprov-gateway-debian12" in gateway
-    assert "container:gpuprov-base-debian12" in base
-    assert not gateway & cuda, "a scenario with platforms of its own would wait for the shared ones"
-    assert not base & triton and not base & gateway
+    held: dict[str, set[str]] = {}
+    for molecule_yml in sorted(ROOT.glob("roles/*/molecule/*/molecule.yml")):
+        d = str(molecule_yml.parent)
+        # What the scenario holds (a step it waits for, `after:`, is not held).
+        held[d] = {r for r in run(d).split(",") if not r.startswith("after:")}
+    assert len(held) >= 13
+    for a in held:
+        for b in held:
+            assert a == b or not held[a] & held[b], f"{a} and {b} share {held[a] & held[b]}"
+    cuda = str(ROOT / "roles/cuda/molecule/default")
+    node = str(ROOT / "roles/node_exporter/molecule/default")
+    assert run("--id", cuda) == "cuda" and run("--id", node) == "node-exporter"
+    assert {"container:gpuprov-cuda-debian12", "container:gpuprov-cuda-debian13", "network:gpuprov-cuda"} <= held[cuda]
+    assert "container:gpuprov-node-exporter-debian13" in held[node]
+    assert "container:gpuprov-fw-outsider" in held[str(ROOT / "roles/firewall/molecule/default")]
 
 
 def test_a_step_waits_for_the_step_it_names_and_is_not_run_when_that_one_failed(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ own runner (the code path of `gpuprov apply` and `gpuprov check`).
   failure-path tests; returns the result and every event.
 - `role_verify(role)`: the role's own tasks/verify.yml (what `gpuprov verify` runs) with the
   scenario's settings; returns each check's result.
+- `host_in(group)` / `hosts_in(group)`: the scenario's hosts by inventory group (debian12 and
+  debian13 on the shared platforms), as Molecule named them for this run.
 """
 
 from __future__ import annotations
@@ -197,6 +199,21 @@ def journal_since(name: str, units: tuple[str, ...], since: float) -> str:
     out = instance(name).run(f"journalctl {unit_args} --since @{int(since) - 5} --no-pager -o short-precise"
                              " | tail -n 60")
     return f"--- {name}: journal of {', '.join(units)} during the run ---\n{out.stdout}"
+
+
+def hosts_in(group: str) -> list[str]:
+    """The scenario's hosts in an inventory group (as Molecule wrote its inventory), sorted: tests
+    select hosts by group, never by a container's name (the shared platforms are named after the
+    scenario run, .config/molecule/config.yml)."""
+    inventory = yaml.safe_load(Path(os.environ["MOLECULE_INVENTORY_FILE"]).read_text()) or {}
+    return sorted((inventory.get(group) or {}).get("hosts") or {})
+
+
+def host_in(group: str) -> str:
+    """The one host of a group (debian12, debian13 for the shared platforms)."""
+    hosts = hosts_in(group)
+    assert len(hosts) == 1, f"group {group!r} has {hosts}, not one host"
+    return hosts[0]
 
 
 def instance(name: str):

@@ -3,15 +3,23 @@ its Docker networks and the host directories it mounts as apt caches. Two scenar
 must not run together. A scenario on the base images also names the step that builds them
 (`after:base-images`).
 
-usage: molecule_resources.py SCENARIO_DIR   (prints a comma-separated list)
+The shared platforms (.config/molecule/config.yml) are named after the scenario run,
+GPUPROV_SCENARIO: scripts/test sets it to the scenario's id (`--id`: the role's name with `-` for
+`_`, and the scenario's name when it is not `default`), and the names here are read the way
+Molecule reads them, through its own interpolation with that id.
+
+usage: molecule_resources.py SCENARIO_DIR        (prints a comma-separated list)
+       molecule_resources.py --id SCENARIO_DIR   (prints the scenario's id)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import yaml
+from molecule.interpolation import Interpolator, TemplateWithDefaults
 
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / ".config" / "molecule" / "config.yml"
 APT_ARCHIVES = ":/var/cache/apt/archives"
@@ -20,12 +28,25 @@ BASE_IMAGE = "-base:"
 BASE_IMAGES_STEP = "after:base-images"
 
 
+def scenario_id(scenario_dir: Path) -> str:
+    """roles/<role>/molecule/<scenario> -> the role's name with `-` for `_` (container and host names
+    take no `_`), followed by `-<scenario>` when the scenario is not `default`."""
+    scenario, role = scenario_dir.resolve().name, scenario_dir.resolve().parents[1].name
+    return role.replace("_", "-") + ("" if scenario == "default" else "-" + scenario.replace("_", "-"))
+
+
+def _load(path: Path, scenario: str) -> dict:
+    env = {**os.environ, "GPUPROV_SCENARIO": scenario}
+    return yaml.safe_load(Interpolator(TemplateWithDefaults, env).interpolate(path.read_text())) or {}
+
+
 def platforms(scenario_dir: Path) -> list[dict]:
     """The scenario's platforms; Molecule replaces the shared list when a scenario names its own."""
-    own = yaml.safe_load((scenario_dir / "molecule.yml").read_text()) or {}
+    scenario = scenario_id(scenario_dir)
+    own = _load(scenario_dir / "molecule.yml", scenario)
     if own.get("platforms"):
         return own["platforms"]
-    return (yaml.safe_load(SHARED_CONFIG.read_text()) or {}).get("platforms", [])
+    return _load(SHARED_CONFIG, scenario).get("platforms", [])
 
 
 def resources(scenario_dir: Path) -> list[str]:
@@ -42,7 +63,10 @@ def resources(scenario_dir: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[1] == "--id":
+        print(scenario_id(Path(sys.argv[2])))
+    elif len(sys.argv) == 2:
+        print(",".join(resources(Path(sys.argv[1]))))
+    else:
         print(__doc__, file=sys.stderr)
         sys.exit(64)
-    print(",".join(resources(Path(sys.argv[1]))))

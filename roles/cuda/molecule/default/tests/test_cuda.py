@@ -9,11 +9,15 @@ from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     failed_tasks,
+    host_in,
     instance,
     run_role,
     serve_stand_in_repository,
     stop_stand_in_repository,
 )
+
+# The scenario's Debian 12 and 13 hosts (the shared platforms, named after the scenario run).
+D12, D13 = host_in("debian12"), host_in("debian13")
 
 CUDA_RELEASE = {"12": "11.8", "13": "12.4"}
 PRE_ROLES = ("gpu_facts",)
@@ -73,7 +77,7 @@ def test_bad_input_fails_before_any_change(extra, task, words):
 
 
 def test_cuda_repo_refused_on_debian13():
-    result, events = run_role("cuda", {"cuda_method": "cuda_repo"}, pre_roles=PRE_ROLES, limit="gpuprov-debian13")
+    result, events = run_role("cuda", {"cuda_method": "cuda_repo"}, pre_roles=PRE_ROLES, limit=D13)
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Check the CUDA repository serves this distribution"]
     assert "not Debian 13. Use cuda_method: distro or none." in failures[0][2]
@@ -82,13 +86,13 @@ def test_cuda_repo_refused_on_debian13():
 
 @pytest.fixture(scope="module")
 def debian12():
-    return instance("gpuprov-debian12")
+    return instance(D12)
 
 
 def test_container_runtime_with_unreachable_repository_changes_nothing(debian12):
     result, events = run_role("cuda", {"cuda_container_runtime": "docker",
                                        "cuda_container_toolkit_repo_url": "http://127.0.0.1:9/deb"},
-                              pre_roles=PRE_ROLES, limit="gpuprov-debian12")
+                              pre_roles=PRE_ROLES, limit=D12)
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Stop when the repository does not answer"]
     assert "NVIDIA's container toolkit repository http://127.0.0.1:9/deb/amd64 does not answer" in failures[0][2]
@@ -109,7 +113,7 @@ def _toolkit(stand_in, check=False, **extra):
     return run_role("cuda", {"cuda_container_runtime": "docker",
                              "cuda_container_toolkit_repo_url": stand_in["repo_url"],
                              "cuda_container_toolkit_key_url": stand_in["key_url"], **extra},
-                    pre_roles=PRE_ROLES, limit="gpuprov-debian12", check=check)
+                    pre_roles=PRE_ROLES, limit=D12, check=check)
 
 
 def test_container_toolkit_key_with_wrong_fingerprint_is_refused(debian12, toolkit_stand_in):
@@ -147,7 +151,7 @@ def test_cuda_repo_configuration_rendered(debian12):
     try:
         result, events = run_role("cuda", {"cuda_method": "cuda_repo", "cuda_repo_base_url": served["base"] + "/cuda",
                                            "cuda_repo_key_fingerprint": served["fpr"]},
-                                  pre_roles=PRE_ROLES, limit="gpuprov-debian12", check=True)
+                                  pre_roles=PRE_ROLES, limit=D12, check=True)
     finally:
         stop_stand_in_repository(debian12, 8091)
     changes = {c.task: c for c in result.tracker.changes}

@@ -16,13 +16,14 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     assert_role_verify,
     exposure,
+    host_in,
     instance,
     run_role,
 )
 
 from gpuprov.verify import FAIL, PASS
 
-HOSTS = ["gpuprov-gateway-debian12", "gpuprov-gateway-debian13"]
+HOSTS = [host_in("debian12"), host_in("debian13")]
 APP = "molecule-gateway-app-key-00000000000000"
 OLD = "molecule-gateway-old-key-00000000000000"
 KEYS = [{"id": "app", "owner": "test", "key": APP, "role": "user", "models": ["*"]},

@@ -18,13 +18,14 @@ from gpuprov_molecule import (
     assert_role_verify,
     exposure,
     failed_tasks,
+    host_in,
     instance,
     run_role,
 )
 
 from gpuprov.verify import PASS
 
-HOSTS = ["gpuprov-nodeexp-debian12", "gpuprov-nodeexp-debian13"]
+HOSTS = [host_in("debian12"), host_in("debian13")]
 METRICS = "http://127.0.0.1:9100/metrics"
 # bcrypt of "scrape-secret" (the exporter's web config takes hashes only).
 HASH = "$2b$10$J6.q5KFL1FWtzHgMhy0iDOcCkOkz1UailCJDgh.7SMzn8rDGSfG.K"

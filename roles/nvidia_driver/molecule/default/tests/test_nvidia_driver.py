@@ -10,6 +10,7 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     assert_role_verify,
     failed_tasks,
+    host_in,
     instance,
     run_role,
     serve_stand_in_repository,
@@ -17,6 +18,9 @@ from gpuprov_molecule import (
 )
 
 from gpuprov.verify import SKIP
+
+# The scenario's Debian 12 and 13 hosts (the shared platforms, named after the scenario run).
+D12, D13 = host_in("debian12"), host_in("debian13")
 
 BRANCH = {"12": "535", "13": "550"}
 PACKAGES = ["nvidia-kernel-dkms", "nvidia-smi", "libcuda1"]
@@ -69,7 +73,7 @@ def test_the_roles_own_verify_passes():
     """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
     the scenario's settings, on the converged hosts.
     The containers have no NVIDIA device on their PCI bus: the check does not apply, and says so."""
-    assert_role_verify("nvidia_driver", ["gpuprov-debian12", "gpuprov-debian13"], {
+    assert_role_verify("nvidia_driver", [D12, D13], {
         "GPU driver: nvidia-smi sees every NVIDIA GPU on the PCI bus (hosts with NVIDIA GPUs)": SKIP,
     })
 
@@ -91,7 +95,7 @@ def test_bad_input_fails_before_any_change(extra, task, words):
 
 def test_cuda_repo_refused_on_debian13():
     result, events = run_role("nvidia_driver", {"nvidia_driver_method": "cuda_repo"},
-                              pre_roles=("gpu_facts",), limit="gpuprov-debian13")
+                              pre_roles=("gpu_facts",), limit=D13)
     failures = failed_tasks(events)
     assert len(failures) == 1
     _, task, msg = failures[0]
@@ -102,13 +106,13 @@ def test_cuda_repo_refused_on_debian13():
 
 @pytest.fixture(scope="module")
 def debian12():
-    return instance("gpuprov-debian12")
+    return instance(D12)
 
 
 def _cuda_repo_on_debian12(base_url, check=False, **extra):
     """Apply nvidia_driver with method cuda_repo and this repository URL to the Debian 12 instance."""
     extra_vars = {"nvidia_driver_method": "cuda_repo", "nvidia_driver_cuda_repo_base_url": base_url, **extra}
-    return run_role("nvidia_driver", extra_vars, pre_roles=("gpu_facts",), limit="gpuprov-debian12", check=check)
+    return run_role("nvidia_driver", extra_vars, pre_roles=("gpu_facts",), limit=D12, check=check)
 
 
 def test_cuda_repo_unreachable_changes_nothing(debian12):
@@ -168,7 +172,7 @@ def test_nvswitches_without_a_fabric_manager_package_are_refused(debian12):
     # Debian packages no Fabric Manager, so the distro method is refused before anything changes.
     fact = {"status": "no_driver", "gpu_count": 8, "nvswitch_count": 4, "fabric_manager_needed": True, "gpus": []}
     result, events = run_role("nvidia_driver", {"nvidia_driver_method": "distro", "ansible_local": {"gpu": fact}},
-                              limit="gpuprov-debian12")
+                              limit=D12)
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Check Fabric Manager can be installed where NVSwitches are present"]
     assert "4 NVSwitch(es) and needs NVIDIA Fabric Manager 535" in failures[0][2]

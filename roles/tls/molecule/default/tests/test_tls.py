@@ -13,11 +13,12 @@ from gpuprov_molecule import (
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     failed_tasks,
+    host_in,
     instance,
     run_role,
 )
 
-HOSTS = ["gpuprov-tls-debian12", "gpuprov-tls-debian13"]
+HOSTS = [host_in("debian12"), host_in("debian13")]
 CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
 BASE = {"tls_ca_dir": str(CA_DIR), "tls_ca_passphrase": "tls-test-ca-passphrase",
         "tls_extra_sans": ["inference.lab.example"]}
@@ -189,4 +190,4 @@ def test_provided_certificate_is_installed_and_never_printed(tmp_path):
     assert check.tracker.changes, "a different key is drift"
     # Back to the internal CA, for the tests that follow.
     back, _ = run_role("tls", BASE, limit=limit)
-    assert back.rc == 0 and "CN=gpuprov-tls-debian13" in _subject(host)
+    assert back.rc == 0 and f"CN={limit}" in _subject(host)

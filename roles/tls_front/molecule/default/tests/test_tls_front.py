@@ -18,6 +18,7 @@ from gpuprov_molecule import (
     assert_role_verify,
     exposure,
     failed_tasks,
+    host_in,
     instance,
     run_role,
     s_client,
@@ -25,7 +26,7 @@ from gpuprov_molecule import (
 
 from gpuprov.verify import PASS
 
-HOSTS = ["gpuprov-front-debian12", "gpuprov-front-debian13"]
+HOSTS = [host_in("debian12"), host_in("debian13")]
 CA = "/etc/gpuprov/tls/ca.crt"
 CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
 PASSPHRASE = "front-test-ca-passphrase"

@@ -24,6 +24,7 @@ from gpuprov_molecule import (
     assert_role_verify,
     exposure,
     failed_tasks,
+    host_in,
     instance,
     journal_since,
     run_role,
@@ -31,7 +32,10 @@ from gpuprov_molecule import (
 
 from gpuprov.verify import PASS
 
-testinfra_hosts = [f"ansible://gpuprov-debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
+# The scenario's Debian 12 and 13 hosts (the shared platforms, named after the scenario run).
+D12, D13 = host_in("debian12"), host_in("debian13")
+
+testinfra_hosts = [f"ansible://debian12?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
 API = "http://127.0.0.1:8000/v2/models/deepseek"
 # Triton's units, whose journal goes with a failure that may come from a restart.
 TRITON_UNITS = ("gpuprov-triton", "gpuprov-triton-canary.service", "gpuprov-triton-canary.timer",
@@ -88,6 +92,7 @@ def test_listens_where_configured(host):
 
 ADMIN = r"""
 import json, sys, urllib.error, urllib.request
+
 method, path, header = sys.argv[1], sys.argv[2], sys.argv[3:]
 req = urllib.request.Request("http://127.0.0.1:8000" + path, method=method,
                              data=b'{"log_verbose_level": 1}' if method == "POST" else None)
@@ -237,7 +242,7 @@ def test_a_zero_changes_in_check_mode(host):
 def test_the_roles_own_verify_passes():
     """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
     the scenario's settings, on the converged hosts."""
-    assert_role_verify("triton", ["gpuprov-debian12"], {
+    assert_role_verify("triton", [D12], {
         "Triton: service active": PASS,
         "Triton: model ready": PASS,
         "Triton: generate answers": PASS,
@@ -309,7 +314,7 @@ def test_a_triton_started_again_stays_up(host):
     after = host.check_output("systemctl show -p MainPID -p NRestarts --value gpuprov-triton")
     active = host.check_output("systemctl is-active gpuprov-triton gpuprov-triton-canary.timer || true")
     ready = _ready(host, timeout=5)
-    journal = journal_since("gpuprov-debian12", TRITON_UNITS, since)
+    journal = journal_since(D12, TRITON_UNITS, since)
     assert (after, active, ready) == (before, "active\nactive", True), journal
 
 
@@ -320,18 +325,18 @@ def test_a_lost_restart_is_drift_and_the_next_apply_restarts_triton(host):
     converge = yaml.safe_load((Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml").read_text())
     role_vars = next(r["vars"] for r in converge[0]["roles"] if r["role"] == "triton")
     assert _ready(host)
-    assert_a_lost_restart_is_drift_and_applied("gpuprov-debian12", "gpuprov-triton.service",
+    assert_a_lost_restart_is_drift_and_applied(D12, "gpuprov-triton.service",
                                                "/var/lib/gpuprov/triton/models/deepseek/config.pbtxt", "triton",
                                                role_vars)
     assert _ready(host)
 
 
 def test_debian13_is_refused():
-    result, events = run_role("triton", {}, pre_roles=("gpu_facts", "models"), limit="gpuprov-debian13")
+    result, events = run_role("triton", {}, pre_roles=("gpu_facts", "models"), limit=D13)
     failures = failed_tasks(events)
     assert [t for _, t, _ in failures] == ["Check the host's Python can run Triton 2.51's Python backend"]
     assert "numpy 1.x has no wheel for Python 3.13" in failures[0][2]
-    assert not instance("gpuprov-debian13").file("/opt/gpuprov/triton").exists
+    assert not instance(D13).file("/opt/gpuprov/triton").exists
 
 
 @pytest.mark.parametrize("extra, task, words", [
@@ -348,4 +353,4 @@ def test_debian13_is_refused():
 ])
 def test_bad_input_fails_before_any_change(extra, task, words):
     assert_fails_before_any_change("triton", extra, task, words, hosts=1, pre_roles=("gpu_facts", "models"),
-                                   limit="gpuprov-debian12")
+                                   limit=D12)
