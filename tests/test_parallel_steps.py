@@ -111,3 +111,23 @@ def test_the_scenarios_on_the_base_images_wait_for_them_and_the_others_do_not() 
     assert "after:base-images" in res("roles/gateway/molecule/default")
     assert "after:base-images" not in res("roles/base/molecule/default")
     assert "after:base-images" not in res("roles/models/molecule/default")
+
+
+def test_steps_start_longest_first_by_the_last_recorded_durations_and_the_record_is_rewritten(tmp_path: Path) -> None:
+    """One slot: the order of the starts is the order the scheduler chose. `short` and `long` were
+    recorded (1 and 900 s), `new` was not, `images` is waited for by `long`; `gone` is a record of a
+    step no longer run, and `fails` fails (its record stays as it was)."""
+    durations = tmp_path / "durations.tsv"
+    durations.write_text("short\t1\nlong\t900\nfails\t500\ngone\t7\nnot a record\n")
+    order = tmp_path / "order"
+    steps = "".join(f"{n}\t{res}\techo {n} >> {order}{'; exit 1' if n == 'fails' else ''}\n"
+                    for n, res in (("short", ""), ("new", ""), ("fails", ""), ("long", "after:images"),
+                                   ("images", "")))
+    results = tmp_path / "results.tsv"
+    subprocess.run([sys.executable, str(SCHEDULER), "1", str(tmp_path / "logs"), str(results), str(durations)],
+                   input=steps, text=True, capture_output=True, check=True, timeout=60)
+    assert order.read_text().split() == ["images", "new", "long", "fails", "short"]
+    records = dict(line.split("\t") for line in durations.read_text().splitlines())
+    assert records["fails"] == "500" and records["gone"] == "7"
+    assert set(records) == {"short", "long", "fails", "gone", "new", "images"}
+    assert all(records[n] in ("0", "1") for n in ("short", "long", "new", "images"))

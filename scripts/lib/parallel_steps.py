@@ -3,14 +3,17 @@
 Each step is a line on stdin: `NAME<TAB>RESOURCES<TAB>COMMAND`, RESOURCES a comma-separated list
 (container names, Docker networks, apt cache directories); two steps that share a resource never
 run together. A resource `after:NAME` is a step that must have passed first: the step waits for
-it, and fails without running (rc 125) when that step failed. Steps start in the order given
-(longest first is the caller's job) as soon as a slot is free and their resources are. A step's
+it, and fails without running (rc 125) when that step failed. Steps start longest first as soon as
+a slot is free and their resources are: by the seconds each took when it last passed, as recorded in
+DURATIONS (one `NAME<TAB>SECONDS` line per step, rewritten after the run), a step that another waits
+for before all others, and a step with no record yet ahead of the recorded ones in the order given
+(the caller's estimate, all that a fresh machine has). A step's
 output goes to LOG_DIR/<name>.log and, when it ends, to stdout in one piece, so the steps' outputs
 never interleave. One line per step, `NAME<TAB>RC<TAB>SECONDS<TAB>CPU`, is written to RESULTS: CPU is
 the processor time (user + system, seconds) of the step's own processes on this machine (Ansible,
 Molecule, pytest, the docker client), not that of what runs inside its containers.
 
-usage: parallel_steps.py JOBS LOG_DIR RESULTS < steps
+usage: parallel_steps.py JOBS LOG_DIR RESULTS [DURATIONS] < steps
 """
 
 from __future__ import annotations
@@ -74,6 +77,39 @@ def runnable(step: Step, running: list[Step], done: dict[str, int]) -> bool:
 
 def failed_dependency(step: Step, done: dict[str, int]) -> str | None:
     return next((name for name in sorted(dependencies(step)) if done.get(name, 0) != 0), None)
+
+
+def order(steps: list[Step], recorded: dict[str, float]) -> list[Step]:
+    """The order steps start in: those another step waits for first, then the ones without a record
+    (in the order given), then the recorded ones, longest first."""
+    needed = set().union(*(dependencies(step) for step in steps))
+
+    def key(item: tuple[int, Step]) -> tuple[bool, bool, float, int]:
+        index, step = item
+        return step.name not in needed, step.name in recorded, -recorded.get(step.name, 0.0), index
+
+    return [step for _, step in sorted(enumerate(steps), key=key)]
+
+
+def read_durations(path: Path | None) -> dict[str, float]:
+    if path is None or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        name, _, seconds = line.rpartition("\t")
+        try:
+            out[name] = float(seconds)
+        except ValueError:
+            continue  # a line that is not NAME<TAB>SECONDS (a file edited by hand) is no record
+    return out
+
+
+def write_durations(path: Path, recorded: dict[str, float], steps: list[Step]) -> None:
+    """The seconds of each step that passed replace its record; the others keep theirs."""
+    merged = {**recorded, **{step.name: float(step.seconds) for step in steps if step.rc == 0}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{name}\t{seconds:.0f}\n" for name, seconds in sorted(merged.items())))
+    tmp.replace(path)
 
 
 def start(step: Step, log_dir: Path) -> None:
@@ -150,14 +186,19 @@ def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> No
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4:
+    if len(argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
         return 64
     jobs, log_dir, results_path = max(1, int(argv[1])), Path(argv[2]), Path(argv[3])
+    durations = Path(argv[4]) if len(argv) == 5 else None
     log_dir.mkdir(parents=True, exist_ok=True)
-    steps = parse(sys.stdin.readlines())
+    recorded = read_durations(durations)
+    steps = order(parse(sys.stdin.readlines()), recorded)
     with results_path.open("w") as results:
         run_all(steps, jobs, log_dir, results)
+    if durations is not None:
+        durations.parent.mkdir(parents=True, exist_ok=True)
+        write_durations(durations, recorded, steps)
     return 0
 
 
