@@ -29,10 +29,12 @@ BASE_IMAGES_STEP = "after:base-images"
 
 
 def scenario_id(scenario_dir: Path) -> str:
-    """roles/<role>/molecule/<scenario> -> the role's name with `-` for `_` (container and host names
-    take no `_`), followed by `-<scenario>` when the scenario is not `default`."""
+    """roles/<role>/molecule/<scenario> -> the role's name without a leading `_` (the internal role)
+    and with `-` for `_` (container and host names take no `_`), followed by `-<scenario>` when the
+    scenario is not `default`."""
     scenario, role = scenario_dir.resolve().name, scenario_dir.resolve().parents[1].name
-    return role.replace("_", "-") + ("" if scenario == "default" else "-" + scenario.replace("_", "-"))
+    name = role.strip("_") + ("" if scenario == "default" else "-" + scenario)
+    return name.replace("_", "-")
 
 
 def _load(path: Path, scenario: str) -> dict:
