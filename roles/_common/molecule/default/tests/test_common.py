@@ -59,7 +59,7 @@ def test_an_entry_point_without_its_arguments_is_refused_by_its_spec():
     result, events = _play([_entry("packages", _common_packages_purpose="nothing")])
     failures = failed_tasks(events)
     assert sorted(h for h, _, _ in failures) == [D12, D13], failures
-    assert all("Validating arguments against arg spec packages" in task and "_common_packages" in msg
+    assert all("Validating arguments against arg spec 'packages'" in task and "_common_packages" in msg
                for _, task, msg in failures), failures
     assert all(r.changed == 0 for r in result.recaps)
 
@@ -72,6 +72,9 @@ def test_installed_packages_need_no_package_index_and_a_missing_one_is_installed
         result, events = run_playbook(CONVERGE, limit=D12)
         assert result.rc == 0, failed_tasks(events)
         assert result.tracker.changes == [], result.tracker.changes
+        skipped = [e["event_data"].get("task") for e in events
+                   if e.get("event") == "runner_on_skipped" and e["event_data"].get("host") == D12]
+        assert "Install the missing packages (a directory lister)" in skipped, skipped
     finally:
         host.check_output("rm -rf /var/lib/apt/lists && mv /var/lib/apt/lists.aside /var/lib/apt/lists")
     # Debian 13 without it: apt installs that one, the only change of the run.
