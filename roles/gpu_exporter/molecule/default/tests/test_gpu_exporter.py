@@ -6,6 +6,7 @@ GPU readings are checked against a recording from an H200 (tests/test_alert_metr
 from __future__ import annotations
 
 import os
+import re
 
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
@@ -41,8 +42,11 @@ def test_the_roles_own_verify_says_where_the_exporter_belongs():
     assert {h: c.result for h, c in checks.items()} == {"gpuprov-gpuexp-auto": PASS, "gpuprov-gpuexp-forced": FAIL}
     assert len(found) == 2, found
     assert "not deployed: the gpu fact shows 0 GPU(s)" in checks["gpuprov-gpuexp-auto"].found
+    # Without NVML the exporter exits and systemd restarts it every 5 s, so the unit's state at the
+    # moment of the check is any of its restart loop's states, "active" included while Python starts.
+    # What verify must find either way is that nothing serves the metrics.
     forced = checks["gpuprov-gpuexp-forced"].found
-    assert forced.startswith(f"{UNIT}.service is ") and not forced.startswith(f"{UNIT}.service is active,"), forced
+    assert re.fullmatch(rf"{UNIT}\.service is (active|activating|failed|inactive), metrics: HTTP -1", forced), forced
 
 
 def test_auto_installs_nothing_without_gpus_and_says_why():
