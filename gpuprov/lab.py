@@ -6,7 +6,8 @@ and the lab's key authorised, and writes `inventories/lab/hosts.yml` and a known
 own: Ansible reaches the lab's hosts over SSH with host keys checked, as it reaches a fleet. The
 host keys are read through Docker (a trusted path: this machine's root), never taken on first use.
 `down` removes them; `status` lists them.
-Containers get the capability set that runs systemd here without `privileged`.
+Containers follow the one systemd container recipe (gpuprov/systemd_container.py), as the Molecule
+scenarios' and the base images' do.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 from docker.errors import NotFound
 from docker.models.containers import Container
 
-from gpuprov import paths
+from gpuprov import paths, systemd_container
 
 LABEL = "gpuprov.lab"
 NETWORK = "gpuprov-lab"
@@ -64,23 +65,17 @@ def _run_kwargs(host: LabHost) -> dict:
     # One apt cache per host: two containers sharing /var/cache/apt/archives fight over its lock.
     cache = Path(paths.state_dir() / "apt-cache" / host.os / host.name)
     cache.mkdir(parents=True, exist_ok=True)
+    kwargs = systemd_container.docker_sdk_kwargs(cache)
+    # The lab's own addition to the recipe: /tmp in memory, executable (as a real host's /tmp is).
+    kwargs["tmpfs"] = {**kwargs["tmpfs"], "/tmp": "rw,exec"}
     return dict(
+        kwargs,
         image=host.image,
         name=host.name,
         hostname=host.name,
-        command=["/lib/systemd/systemd"],
         detach=True,
         labels={LABEL: "1", "gpuprov.group": host.group, "gpuprov.os": host.os},
-        cgroupns="host",
-        cap_add=["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"],
-        security_opt=["seccomp=unconfined"],
-        tmpfs={"/run": "rw", "/run/lock": "rw", "/tmp": "rw,exec"},
-        volumes={
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            str(cache): {"bind": "/var/cache/apt/archives", "mode": "rw"},
-        },
         network=NETWORK,
-        environment={"container": "docker"},
     )
 
 

@@ -170,12 +170,13 @@ def assert_no_changes_in_check_mode(playbook: str | None = None, units: tuple[st
     assert changes == [], "check mode after converge reports changes:\n" + "\n".join(changes)
 
 
-def assert_a_lost_restart_is_drift_and_applied(name: str, unit: str, path: str, role: str,
-                                                role_vars: dict[str, Any]) -> None:
+def assert_a_lost_restart_is_drift_and_applied(name: str, unit: str, path: str, role: str | None = None,
+                                                role_vars: dict[str, Any] | None = None) -> list[str]:
     """A run that wrote one of `unit`'s files and then failed never ran its restart handler: the file
-    newer than the unit's start shows as a change in check mode (which restarts nothing), an apply of
-    `role` with the converge's `role_vars` restarts the unit, and the check after it is clean
-    (`_common`'s unit_current)."""
+    newer than the unit's start shows as a change in check mode (which restarts nothing), an apply
+    restarts the unit, and the check after it is clean (`_common`'s unit_current). The apply is
+    `role` with the converge's `role_vars`, or the scenario's converge.yml when no role is named.
+    Returns the check-mode run's changes, for a caller that expects exactly these."""
     host = instance(name)
     main_pid = f"systemctl show --property=MainPID --value {unit}"
     pid = host.check_output(main_pid)
@@ -186,10 +187,14 @@ def assert_a_lost_restart_is_drift_and_applied(name: str, unit: str, path: str, 
     restart = f"Restart the unit to apply its changed files ({unit})"
     assert [c for c in changes if c.startswith(f"{name}: ") and restart in c], changes
     assert host.check_output(main_pid) == pid  # check mode did nothing
-    result, events = run_role(role, role_vars, limit=name)
+    if role is None:
+        result, events = run_playbook(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml", limit=name)
+    else:
+        result, events = run_role(role, role_vars, limit=name)
     assert result.rc == 0, failed_tasks(events)
-    assert host.check_output(main_pid) != pid
+    assert host.check_output(main_pid) not in (pid, "0")  # restarted, and running
     assert_no_changes_in_check_mode(limit=name)
+    return changes
 
 
 def journal_since(name: str, units: tuple[str, ...], since: float) -> str:

@@ -21,8 +21,9 @@ from pathlib import Path
 import yaml
 from molecule.interpolation import Interpolator, TemplateWithDefaults
 
+from gpuprov.systemd_container import APT_ARCHIVES, molecule_platform
+
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / ".config" / "molecule" / "config.yml"
-APT_ARCHIVES = ":/var/cache/apt/archives"
 # Images that scripts/build-base-images makes: a scenario on them waits for that step.
 BASE_IMAGE = "-base:"
 BASE_IMAGES_STEP = "after:base-images"
@@ -43,12 +44,13 @@ def _load(path: Path, scenario: str) -> dict:
 
 
 def platforms(scenario_dir: Path) -> list[dict]:
-    """The scenario's platforms; Molecule replaces the shared list when a scenario names its own."""
+    """The scenario's platforms, the systemd container recipe filled in as Molecule's create step
+    does (molecule/shared/create.yml); Molecule replaces the shared list when a scenario names its own."""
     scenario = scenario_id(scenario_dir)
     own = _load(scenario_dir / "molecule.yml", scenario)
-    if own.get("platforms"):
-        return own["platforms"]
-    return _load(SHARED_CONFIG, scenario).get("platforms", [])
+    listed = own.get("platforms") or _load(SHARED_CONFIG, scenario).get("platforms", [])
+    apt_root = os.environ.get("GPUPROV_CACHE") or "/var/cache/gpuprov"
+    return [molecule_platform(p, f"{apt_root}/apt") for p in listed]
 
 
 def resources(scenario_dir: Path) -> list[str]:
@@ -57,8 +59,8 @@ def resources(scenario_dir: Path) -> list[str]:
         out.add(f"container:{p['name']}")
         out.update(f"network:{n['name']}" for n in p.get("networks", []))
         for volume in p.get("volumes", []):
-            if APT_ARCHIVES in volume:
-                out.add(f"apt:{volume.split(APT_ARCHIVES)[0]}")
+            if f":{APT_ARCHIVES}" in volume:
+                out.add(f"apt:{volume.split(':')[0]}")
         if BASE_IMAGE in p.get("image", ""):
             out.add(BASE_IMAGES_STEP)
     return sorted(out)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from gpuprov_molecule import (
+    assert_a_lost_restart_is_drift_and_applied,
     assert_fails_before_any_change,
     assert_no_changes_in_check_mode,
     check_mode_changes,
@@ -29,7 +30,6 @@ D12, D13 = host_in("debian12"), host_in("debian13")
 PROBE = "gpuprov-common-probe"
 DROP_IN = f"/etc/systemd/system/{PROBE}.service.d/10-gpuprov.conf"
 CONVERGE = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "/nonexistent")) / "converge.yml"
-MAIN_PID = f"systemctl show --property=MainPID --value {PROBE}"
 
 
 def _entry(entry: str, **entry_vars: Any) -> dict[str, Any]:
@@ -88,16 +88,8 @@ def test_installed_packages_need_no_package_index_and_a_missing_one_is_installed
 
 
 def test_a_lost_restart_is_drift_and_the_next_apply_restarts_the_unit():
-    host = instance(D12)
-    pid = host.check_output(MAIN_PID)
-    host.check_output(f"sleep 1; touch {DROP_IN}")
-    changes = check_mode_changes(limit=D12)
+    changes = assert_a_lost_restart_is_drift_and_applied(D12, PROBE, DROP_IN)
     assert changes == [f"{D12}: _common : Restart the unit to apply its changed files ({PROBE})"], changes
-    assert host.check_output(MAIN_PID) == pid  # check mode restarted nothing
-    result, events = run_playbook(CONVERGE, limit=D12)
-    assert result.rc == 0, failed_tasks(events)
-    assert host.check_output(MAIN_PID) not in (pid, "0")
-    assert_no_changes_in_check_mode(limit=D12)
 
 
 def test_a_stopped_unit_is_not_judged():
