@@ -134,7 +134,7 @@ def local_cuda_mirror(debian12):
 def test_cuda_repo_key_with_wrong_fingerprint_is_refused(debian12, local_cuda_mirror):
     result, events = _cuda_repo_on_debian12(local_cuda_mirror["base"])
     failures = failed_tasks(events)
-    assert [t for _, t, _ in failures] == ["Check the key is NVIDIA's"]
+    assert [t for _, t, _ in failures] == ["Check the key is the expected one"]
     assert "EB693B3035CD5710E231E123A4B469963BF863CC" in failures[0][2]
     assert result.recaps[0].changed == 0
     assert not debian12.file("/usr/share/keyrings/nvidia-cuda-archive-keyring.asc").exists
