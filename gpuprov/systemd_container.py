@@ -5,19 +5,22 @@ place of `privileged`, and no seccomp filter.
 
 Three users, one recipe:
   - the lab (`gpuprov lab up`, gpuprov/lab.py) through the Docker SDK: `docker_sdk_kwargs()`;
-  - scripts/build-base-images through `docker run`: `systemd_container.py docker-run-args APT_DIR`;
+  - scripts/build-base-images through `docker run`:
+    `systemd_container.py docker-run-args APT_DIR IMAGE` (every argument after `run -d`);
   - every Molecule platform: molecule/shared/create.yml fills the recipe into the scenario's
-    platforms (`systemd_container.py molecule-platforms MOLECULE_FILE APT_ROOT`), so a scenario
-    names only what differs: each host's name, image, groups and networks.
+    platforms (`systemd_container.py molecule-platforms MOLECULE_FILE`), so a scenario names only
+    what differs: each host's name, image, groups and networks.
 
 Each container gets an apt archive cache of its own on the Docker host (two containers sharing
-/var/cache/apt/archives fight over its lock). Runs by path as well as `-m` (the standard library
-and PyYAML only): Molecule's create play runs it with the controller's Python.
+/var/cache/apt/archives fight over its lock): a Molecule platform's is `apt_root()/<its name>`.
+Runs by path as well as `-m` (the standard library and PyYAML only): Molecule's create play runs it
+with the controller's Python.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,11 @@ APT_ARCHIVES = "/var/cache/apt/archives"
 
 # What a scenario's platform may say itself; the recipe supplies everything else.
 PLATFORM_KEYS = frozenset({"name", "image", "groups", "children", "networks"})
+
+
+def apt_root() -> str:
+    """The host directory holding the test containers' apt caches: $GPUPROV_CACHE/apt."""
+    return (os.environ.get("GPUPROV_CACHE") or "/var/cache/gpuprov").rstrip("/") + "/apt"
 
 
 def docker_sdk_kwargs(apt_cache: Path) -> dict[str, Any]:
@@ -50,8 +58,8 @@ def docker_sdk_kwargs(apt_cache: Path) -> dict[str, Any]:
     )
 
 
-def docker_run_args(apt_cache: str) -> list[str]:
-    """`docker run` options (before the image; the command goes after it: COMMAND)."""
+def docker_run_args(apt_cache: str, image: str) -> list[str]:
+    """`docker run` options, the image and the command."""
     args = ["--cgroupns", "host", "-v", f"{CGROUP}:{CGROUP}:rw", "-v", f"{apt_cache}:{APT_ARCHIVES}:rw"]
     for path in TMPFS:
         args += ["--tmpfs", path]
@@ -61,7 +69,7 @@ def docker_run_args(apt_cache: str) -> list[str]:
         args += ["--security-opt", opt]
     for key, value in ENVIRONMENT.items():
         args += ["-e", f"{key}={value}"]
-    return args
+    return [*args, image, COMMAND]
 
 
 def molecule_platform(platform: dict[str, Any], apt_root: str) -> dict[str, Any]:
@@ -84,20 +92,20 @@ def molecule_platform(platform: dict[str, Any], apt_root: str) -> dict[str, Any]
     }
 
 
-def molecule_platforms(molecule_file: Path, apt_root: str) -> list[dict[str, Any]]:
+def molecule_platforms(molecule_file: Path) -> list[dict[str, Any]]:
     """The platforms of Molecule's merged scenario config (MOLECULE_FILE), recipe filled in."""
     import yaml
 
     config = yaml.safe_load(molecule_file.read_text(encoding="utf-8")) or {}
-    return [molecule_platform(p, apt_root) for p in config.get("platforms") or []]
+    return [molecule_platform(p, apt_root()) for p in config.get("platforms") or []]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "docker-run-args":
-        print("\n".join(docker_run_args(argv[1])))
-    elif len(argv) == 3 and argv[0] == "molecule-platforms":
+    if len(argv) == 3 and argv[0] == "docker-run-args":
+        print("\n".join(docker_run_args(argv[1], argv[2])))
+    elif len(argv) == 2 and argv[0] == "molecule-platforms":
         try:
-            print(json.dumps(molecule_platforms(Path(argv[1]), argv[2].rstrip("/"))))
+            print(json.dumps(molecule_platforms(Path(argv[1]))))
         except ValueError as e:
             print(f"systemd_container: {e}", file=sys.stderr)
             return 2

@@ -20,6 +20,7 @@ RECIPE = ROOT / "gpuprov" / "systemd_container.py"
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 import molecule_resources  # noqa: E402
 
+LOCAL_IMAGES = {f"gpuprov/{os}-{kind}" for os in ("debian12", "debian13") for kind in ("systemd", "base")}
 SCENARIOS = sorted(p.parent for p in ROOT.glob("roles/*/molecule/*/molecule.yml"))
 
 
@@ -32,11 +33,13 @@ def _options(args: list[str], flag: str) -> list[str]:
     return [args[i + 1] for i, a in enumerate(args) if a == flag]
 
 
-def test_docker_run_args_the_lab_and_molecule_say_the_same(tmp_path):
+def test_docker_run_args_the_lab_and_molecule_say_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUPROV_ROOT", str(tmp_path))  # the lab's state (its apt caches) goes here
     apt = tmp_path / "apt" / "h1"
-    run = _recipe_script("docker-run-args", str(apt))
+    run = _recipe_script("docker-run-args", str(apt), "gpuprov/debian12-systemd:latest")
     assert run.returncode == 0, run.stderr
     args = run.stdout.splitlines()
+    assert args[-2:] == ["gpuprov/debian12-systemd:latest", "/lib/systemd/systemd"]
     sdk = lab._run_kwargs(lab.LabHost("gpuprov-lab-gpu1", "debian12", "gpu_servers"))
     platform = systemd_container.molecule_platform(
         {"name": "h1", "image": "gpuprov/debian12-base:latest", "groups": ["g"]}, str(tmp_path / "apt"))
@@ -52,7 +55,10 @@ def test_docker_run_args_the_lab_and_molecule_say_the_same(tmp_path):
     assert sdk["environment"] == platform["env"] == {"container": "docker"}
     volumes = _options(args, "-v")
     assert volumes == platform["volumes"] == ["/sys/fs/cgroup:/sys/fs/cgroup:rw", f"{apt}:/var/cache/apt/archives:rw"]
-    assert sdk["volumes"]["/sys/fs/cgroup"] == {"bind": "/sys/fs/cgroup", "mode": "rw"}
+    lab_apt = tmp_path / ".gpuprov" / "apt-cache" / "debian12" / "gpuprov-lab-gpu1"
+    assert sdk["volumes"] == {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                              str(lab_apt): {"bind": "/var/cache/apt/archives", "mode": "rw"}}
+    assert lab_apt.is_dir()
     assert sdk["command"] == [platform["command"]] == ["/lib/systemd/systemd"]
     assert "privileged" not in sdk and "privileged" not in platform and "--privileged" not in args
 
@@ -61,38 +67,46 @@ def test_a_platform_that_writes_its_own_recipe_is_refused(tmp_path):
     molecule_file = tmp_path / "molecule.yml"
     molecule_file.write_text(yaml.safe_dump({"platforms": [
         {"name": "ok", "image": "i"}, {"name": "odd", "image": "i", "privileged": True, "capabilities": ["ALL"]}]}))
-    run = _recipe_script("molecule-platforms", str(molecule_file), str(tmp_path))
+    run = _recipe_script("molecule-platforms", str(molecule_file))
     assert run.returncode == 2 and run.stdout == ""
     assert "platform 'odd' sets capabilities, privileged" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_molecule_platforms_get_an_apt_cache_each(tmp_path):
+def test_molecule_platforms_get_an_apt_cache_each_under_gpuprov_cache(tmp_path, monkeypatch):
     molecule_file = tmp_path / "molecule.yml"
     molecule_file.write_text(yaml.safe_dump({"platforms": [
         {"name": "a", "image": "i", "groups": ["g"], "networks": [{"name": "n"}]}, {"name": "b", "image": "i"}]}))
-    run = _recipe_script("molecule-platforms", str(molecule_file), f"{tmp_path}/apt/")
+    monkeypatch.setenv("GPUPROV_CACHE", f"{tmp_path}/cache/")
+    run = _recipe_script("molecule-platforms", str(molecule_file))
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
     assert [p["name"] for p in got] == ["a", "b"]
     assert got[0]["groups"] == ["g"] and got[0]["networks"] == [{"name": "n"}]
-    assert [p["volumes"][1] for p in got] == [f"{tmp_path}/apt/{n}:/var/cache/apt/archives:rw" for n in "ab"]
-    assert all(p["capabilities"] == ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"] for p in got)
+    assert [p["volumes"][1] for p in got] == [f"{tmp_path}/cache/apt/{n}:/var/cache/apt/archives:rw" for n in "ab"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: f"{p.parts[-3]}/{p.name}")
 def test_every_scenario_names_only_its_hosts(scenario):
-    """No scenario writes a recipe of its own: every platform passes molecule_platform's check."""
+    """No scenario writes a recipe of its own (molecule_platform refuses it) and every host comes
+    from the project's local images."""
     found = molecule_resources.platforms(scenario)
     assert found, scenario
-    for p in found:
-        assert p["image"].startswith("gpuprov/debian1"), p
-        assert p["capabilities"] == list(systemd_container.CAPABILITIES), p
+    assert all(p["image"].split(":")[0] in LOCAL_IMAGES for p in found), found
 
 
-def test_the_create_step_fills_the_recipe_in():
+def test_the_create_step_hands_every_recipe_key_to_docker():
+    """molecule/shared/create.yml (in place of molecule-plugins' create) passes on every key the
+    recipe fills in, never pulls, keeps containers already on a network, and labels what it makes
+    as Molecule's destroy and reset expect."""
     config = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())
     assert config["provisioner"]["playbooks"]["create"].endswith("/molecule/shared/create.yml")
-    create = (ROOT / "molecule" / "shared" / "create.yml").read_text()
-    assert "systemd_container.py" in create and "molecule-platforms" in create
-    for key in ("cgroupns_mode", "volumes", "tmpfs", "capabilities", "security_opts", "env", "command"):
-        assert f"{key}: \"{{{{ item.{key} }}}}\"" in create, key
+    [play] = yaml.safe_load((ROOT / "molecule" / "shared" / "create.yml").read_text())
+    tasks = {next(k for k in t if k.startswith(("community.", "ansible."))): t for t in play["tasks"]}
+    assert "molecule-platforms" in tasks["ansible.builtin.set_fact"]["ansible.builtin.set_fact"]["gpuprov_platforms"]
+    container = tasks["community.docker.docker_container"]["community.docker.docker_container"]
+    recipe_keys = set(systemd_container.molecule_platform({"name": "x", "image": "i"}, "/a")) - {"name", "image"}
+    for key in recipe_keys:
+        assert container[key] == f"{{{{ item.{key} }}}}", key
+    assert container["pull"] == "never" and container["labels"] == {"owner": "molecule"}
+    network = tasks["community.docker.docker_network"]["community.docker.docker_network"]
+    assert network["appends"] is True and network["labels"] == {"owner": "molecule"}

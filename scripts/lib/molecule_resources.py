@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 from molecule.interpolation import Interpolator, TemplateWithDefaults
 
-from gpuprov.systemd_container import APT_ARCHIVES, molecule_platform
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's gpuprov package
+from gpuprov.systemd_container import APT_ARCHIVES, apt_root, molecule_platform  # noqa: E402
 
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / ".config" / "molecule" / "config.yml"
 # Images that scripts/build-base-images makes: a scenario on them waits for that step.
@@ -49,8 +50,7 @@ def platforms(scenario_dir: Path) -> list[dict]:
     scenario = scenario_id(scenario_dir)
     own = _load(scenario_dir / "molecule.yml", scenario)
     listed = own.get("platforms") or _load(SHARED_CONFIG, scenario).get("platforms", [])
-    apt_root = os.environ.get("GPUPROV_CACHE") or "/var/cache/gpuprov"
-    return [molecule_platform(p, f"{apt_root}/apt") for p in listed]
+    return [molecule_platform(p, apt_root()) for p in listed]
 
 
 def resources(scenario_dir: Path) -> list[str]:
@@ -70,7 +70,11 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--id":
         print(scenario_id(Path(sys.argv[2])))
     elif len(sys.argv) == 2:
-        print(",".join(resources(Path(sys.argv[1]))))
+        try:
+            print(",".join(resources(Path(sys.argv[1]))))
+        except ValueError as e:  # a platform that writes its own container recipe
+            print(f"molecule_resources: {sys.argv[1]}: {e}", file=sys.stderr)
+            sys.exit(2)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(64)
