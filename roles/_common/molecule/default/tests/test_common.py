@@ -87,6 +87,32 @@ def test_installed_packages_need_no_package_index_and_a_missing_one_is_installed
     assert host.package("tree").is_installed
 
 
+def test_the_service_account_is_a_system_user_without_login_or_home():
+    for name in (D12, D13):
+        host = instance(name)
+        user = host.user("gpuprov-common-svc")
+        assert user.exists and user.uid < 1000 and user.shell == "/usr/sbin/nologin"
+        assert user.group == "gpuprov-common-svc" and "gpuprov-common-extra" in user.groups
+        assert user.home == "/var/lib/gpuprov-common-svc" and not host.file(user.home).exists
+        assert host.group("gpuprov-common-extra").gid < 1000
+
+
+def test_a_service_account_keeps_groups_it_was_given_elsewhere():
+    """Supplementary groups are added to, never replaced: a group another role or the admin added
+    stays (a second account run with other groups changes only what it adds)."""
+    host = instance(D13)
+    account = {"_common_service_user": "gpuprov-common-svc", "_common_service_home": "/var/lib/gpuprov-common-svc",
+               "_common_service_group": "gpuprov-common-svc", "_common_service_groups": ["gpuprov-common-other"]}
+    try:
+        result, events = _play([_entry("service_account", **account)], limit=D13)
+        assert result.rc == 0, failed_tasks(events)
+        assert {"gpuprov-common-extra", "gpuprov-common-other"} <= set(host.user("gpuprov-common-svc").groups)
+    finally:
+        host.check_output("gpasswd -d gpuprov-common-svc gpuprov-common-other >/dev/null; "
+                          "groupdel gpuprov-common-other")
+    assert_no_changes_in_check_mode(limit=D13)
+
+
 def test_a_lost_restart_is_drift_and_the_next_apply_restarts_the_unit():
     changes = assert_a_lost_restart_is_drift_and_applied(D12, PROBE, DROP_IN)
     assert changes == [f"{D12}: _common : Restart the unit to apply its changed files ({PROBE})"], changes
