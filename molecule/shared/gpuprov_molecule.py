@@ -131,12 +131,15 @@ def assert_role_verify(role: str, hosts: list[str], expected: dict[str, str]) ->
 
 
 def failed_tasks(events: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(host, task, message) of every failed task."""
+    """(host, task, message) of every failed task; a loop's message is its failed items' (e.g. a
+    preflight's concerns), joined."""
     out = []
     for e in events:
         if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors"):
             d = e["event_data"]
-            out.append((d.get("host", ""), d.get("task", ""), str((d.get("res") or {}).get("msg", ""))))
+            res = d.get("res") or {}
+            items = [str(r.get("msg", "")) for r in res.get("results") or [] if isinstance(r, dict) and r.get("failed")]
+            out.append((d.get("host", ""), d.get("task", ""), " | ".join(items) if items else str(res.get("msg", ""))))
     return out
 
 
