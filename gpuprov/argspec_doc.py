@@ -55,7 +55,7 @@ def _default(name: str, option: dict[str, Any], defaults: dict[str, Any]) -> str
     else:
         shown = json.dumps(value, default=str)
     if len(shown) > (MAX_STRING if isinstance(value, str) else MAX_DEFAULT):
-        kind = {dict: "mapping", list: "list"}.get(type(value), "value")
+        kind = "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else "value"
         return f"(a {kind}; see defaults/main.yml)"
     return _code(shown)
 
@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv if a != "--check"]
     root = Path(__file__).resolve().parent.parent
     roles = [Path(a) for a in args] or documented_roles(root)
-    stale = []
+    stale: list[str] = []
     for role in roles:
         path = role / "README.md"
         old = path.read_text()
@@ -138,8 +138,8 @@ def main(argv: list[str]) -> int:
             if not check:
                 path.write_text(new)
     verb = "stale" if check else "written"
-    for path in stale:
-        print(f"{verb}: {path}")
+    for name in stale:
+        print(f"{verb}: {name}")
     return 1 if check and stale else 0
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from gpuprov import __version__, display, paths, report
 
@@ -32,7 +33,7 @@ Every run keeps its ansible-runner artifacts and a summary.json under
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 means "changes found" here
+    def error(self, message: str) -> NoReturn:  # exit 2 means "changes found" here
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

@@ -187,8 +187,8 @@ def to_table(report: Report) -> str:
             out.append(f"\n{h.host}: {t.task}")
             if t.diff:
                 out.append("\n".join("    " + ln for ln in t.diff.rstrip("\n").splitlines()))
-        for t in h.failed_tasks:
-            out.append(f"\n{h.host}: FAILED {t}")
+        for failed in h.failed_tasks:
+            out.append(f"\n{h.host}: FAILED {failed}")
     c = report.counts()
     out.append(f"\n{c[COMPLIANT]} compliant, {c[DRIFTED]} drifted, {c[FAILED]} failed, {c[UNREACHABLE]} unreachable")
     return "\n".join(out) + "\n"

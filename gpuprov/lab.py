@@ -79,13 +79,23 @@ def _run_kwargs(host: LabHost) -> dict:
     )
 
 
+def _exec(container: Container, argv: list[str]) -> tuple[int | None, str]:
+    """`docker exec` of argv, not streamed: its exit status and its output as text."""
+    rc, out = container.exec_run(argv)
+    return rc, (out if isinstance(out, bytes) else b"".join(out)).decode()
+
+
+def _name(container: Container) -> str:
+    return str(container.name)
+
+
 def wait_for_systemd(container: Container, timeout_s: float = 90.0) -> str:
     """Wait until systemd in `container` is running (or degraded); return its state."""
     deadline = time.monotonic() + timeout_s
     state = "unknown"
     while time.monotonic() < deadline:
-        rc, out = container.exec_run(["systemctl", "is-system-running"])
-        state = out.decode().strip() or "unknown"
+        _, out = _exec(container, ["systemctl", "is-system-running"])
+        state = out.strip() or "unknown"
         if state in ("running", "degraded"):
             return state
         time.sleep(1)
@@ -98,14 +108,14 @@ APT_CACHE_CONF = "/etc/apt/apt.conf.d/00gpuprov-lab-cache"
 def use_apt_cache(container: Container, port: str) -> None:
     """Fetch the Debian archive through the apt cache (apt-cacher-ng) listening on `port` on this
     machine, which the container reaches at its network's gateway. Other repositories go direct."""
-    rc, out = container.exec_run(["ip", "-4", "route", "show", "default"])
-    words = out.decode().split()
+    rc, out = _exec(container, ["ip", "-4", "route", "show", "default"])
+    words = out.split()
     if rc != 0 or len(words) < 3 or words[0] != "default" or words[1] != "via":
-        raise RuntimeError(f"{container.name}: no default route to reach the apt cache ({out.decode().strip()!r})")
+        raise RuntimeError(f"{container.name}: no default route to reach the apt cache ({out.strip()!r})")
     line = f'Acquire::http::Proxy::deb.debian.org "http://{words[2]}:{int(port)}";'
-    rc, out = container.exec_run(["sh", "-c", f"printf '%s\\n' '{line}' > {APT_CACHE_CONF}"])
+    rc, out = _exec(container, ["sh", "-c", f"printf '%s\\n' '{line}' > {APT_CACHE_CONF}"])
     if rc != 0:
-        raise RuntimeError(f"{container.name}: could not write {APT_CACHE_CONF}: {out.decode().strip()}")
+        raise RuntimeError(f"{container.name}: could not write {APT_CACHE_CONF}: {out.strip()}")
 
 
 def ssh_dir() -> Path:
@@ -140,8 +150,8 @@ cat /etc/ssh/ssh_host_ed25519_key.pub"""
 
 def start_sshd(container: Container, public_key: str) -> str:
     """Start sshd in `container` with the lab's key authorised; returns the host's ed25519 key."""
-    rc, out = container.exec_run(["sh", "-c", _SSHD_UP.format(pub=shlex.quote(public_key.strip()))])
-    text = out.decode().strip()
+    rc, out = _exec(container, ["sh", "-c", _SSHD_UP.format(pub=shlex.quote(public_key.strip()))])
+    text = out.strip()
     words = text.splitlines()[-1].split() if text else []
     if rc != 0 or len(words) < 2 or words[0] != "ssh-ed25519":
         raise RuntimeError(f"{container.name}: sshd did not start ({text[-300:]!r})")
@@ -193,7 +203,7 @@ def inventory_for(hosts: Iterable[LabHost], subnet: str = "", controller: str = 
 def network_addresses(dc: docker.DockerClient) -> tuple[str, str]:
     """(subnet, gateway) of the lab network's IPv4 range."""
     configs = dc.networks.get(NETWORK).attrs.get("IPAM", {}).get("Config") or []
-    v4 = next((c for c in configs if "." in c.get("Subnet", "")), {})
+    v4: dict[str, str] = next((c for c in configs if "." in c.get("Subnet", "")), {})
     if not v4.get("Gateway"):
         raise RuntimeError(f"the Docker network {NETWORK} has no IPv4 gateway: the lab's firewall lets in "
                            "this machine at that address")
@@ -226,7 +236,7 @@ def forget_facts(names: Iterable[str]) -> list[Path]:
 
 
 def lab_containers(dc: docker.DockerClient) -> list[Container]:
-    return sorted(dc.containers.list(all=True, filters={"label": LABEL}), key=lambda c: c.name)
+    return sorted(dc.containers.list(all=True, filters={"label": LABEL}), key=_name)
 
 
 def up(hosts: list[LabHost], build: bool = True) -> list[str]:
@@ -240,12 +250,12 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
     except NotFound:
         dc.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"})
     wanted = {h.name for h in hosts}
-    removed = [c for c in lab_containers(dc) if c.name not in wanted]
+    removed = [c for c in lab_containers(dc) if _name(c) not in wanted]
     for c in removed:
         c.remove(force=True)
     # Every lab host's facts are gathered again: a container created or restarted here may have a
     # new address (one gather per host, in the run that follows).
-    forget_facts(wanted | {c.name for c in removed})
+    forget_facts(wanted | {_name(c) for c in removed})
     addresses: dict[str, str] = {}
     host_keys: dict[str, str] = {}
     for h in hosts:
@@ -272,10 +282,10 @@ def up(hosts: list[LabHost], build: bool = True) -> list[str]:
 
 def down() -> list[str]:
     dc = client()
-    removed = []
+    removed: list[str] = []
     for c in lab_containers(dc):
         c.remove(force=True)
-        removed.append(c.name)
+        removed.append(_name(c))
     forget_facts(removed)
     try:
         dc.networks.get(NETWORK).remove()
@@ -293,7 +303,7 @@ def status() -> list[tuple[str, str, str, str]]:
     for c in lab_containers(client()):
         sd = "-"
         if c.status == "running":
-            _, out = c.exec_run(["systemctl", "is-system-running"])
-            sd = out.decode().strip()
-        rows.append((c.name, c.labels.get("gpuprov.os", "?"), c.status, sd))
+            _, out = _exec(c, ["systemctl", "is-system-running"])
+            sd = out.strip()
+        rows.append((_name(c), c.labels.get("gpuprov.os", "?"), c.status, sd))
     return rows

@@ -301,9 +301,9 @@ class Api:
         ctx.release()
         self.finish(ctx)
         if not params.stream:
-            body = R.completion(cid, created, params.model, hit.reasoning, hit.content,
-                                hit.finish_reason, usage)
-            return JSONResponse(body, headers=ctx.headers())
+            payload = R.completion(cid, created, params.model, hit.reasoning, hit.content,
+                                   hit.finish_reason, usage)
+            return JSONResponse(payload, headers=ctx.headers())
 
         def frames() -> list[bytes]:
             iu = params.include_usage

@@ -8,7 +8,7 @@ The cloud endpoints and readiness probes stay on httpx.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import aiohttp
 import httpx
@@ -39,7 +39,7 @@ class Backend:
         self.breaker = breaker
         self.outstanding = 0
 
-    def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncIterator[Event]:
+    def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncGenerator[Event, None]:
         raise NotImplementedError
 
     async def ready(self, client: httpx.AsyncClient) -> bool:
@@ -73,7 +73,7 @@ class TritonBackend(Backend):
             body["random_seed"] = req.seed
         return body
 
-    async def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncIterator[Event]:
+    async def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncGenerator[Event, None]:
         url = f"{self.url}/v2/models/{self.model}/generate_stream"
         try:
             async with self.session().post(url, json=self.body(req)) as resp:
@@ -140,7 +140,7 @@ class CloudBackend(Backend):
             body["user"] = req.user
         return body
 
-    async def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncIterator[Event]:
+    async def generate(self, client: httpx.AsyncClient, req: GenRequest) -> AsyncGenerator[Event, None]:
         url = f"{self.base_url}/chat/completions"
         headers = {"Authorization": f"Bearer {self.api_key}"}
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class _Section:
             raise ConfigError(f"{self.path}.{key}: must not be empty")
         return v
 
-    def num(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def num(self, key: builtins.str, default: float, minimum: float = 0.0) -> float:
         v = self._get(key, default, False)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ConfigError(f"{self.path}.{key}: must be a number")
@@ -130,7 +131,7 @@ class _Section:
             raise ConfigError(f"{self.path}.{key}: must be >= {minimum}")
         return float(v)
 
-    def int(self, key: str, default: int, minimum: int = 0) -> int:
+    def int(self, key: builtins.str, default: builtins.int, minimum: builtins.int = 0) -> builtins.int:
         v = self._get(key, default, False)
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"{self.path}.{key}: must be an integer")
@@ -138,16 +139,16 @@ class _Section:
             raise ConfigError(f"{self.path}.{key}: must be >= {minimum}")
         return v
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         v = self._get(key, default, False)
         if not isinstance(v, bool):
             raise ConfigError(f"{self.path}.{key}: must be true or false")
         return v
 
-    def section(self, key: str) -> _Section:
+    def section(self, key: builtins.str) -> _Section:
         return _Section(self._get(key, {}, False), f"{self.path}.{key}")
 
-    def list(self, key: str) -> list[Any]:
+    def list(self, key: builtins.str) -> builtins.list[Any]:
         v = self._get(key, [], False)
         if not isinstance(v, list):
             raise ConfigError(f"{self.path}.{key}: must be a list")
