@@ -1,7 +1,7 @@
 """`gpuprov schedule`: the timer and service it writes are valid systemd units (systemd-analyze
 verify), and the service's command, run exactly as written in the unit, produces the report and the
-metrics that the drift alerts read. (This machine runs no systemd: enabling the timer is not tested
-here.)"""
+metrics that the drift alerts read. (This machine runs no systemd: the timer enabled and its service
+run by systemd are tests/test_schedule_systemd.py's, in a systemd container.)"""
 
 from __future__ import annotations
 
