@@ -171,7 +171,7 @@ def test_an_invalid_rule_is_refused_and_prometheus_keeps_serving():
 
 @pytest.mark.parametrize("extra, words", [
     ({"prometheus_scrape_interval": "15 seconds"}, "'15 seconds'"),
-    ({"prometheus_alert_success_ratio": 1.5}, "prometheus_alert_success_ratio in (0, 1]"),
+    ({"prometheus_alert_success_ratio": 1.5}, "prometheus_alert_success_ratio must be in (0, 1] (is 1.5)"),
     ({"prometheus_probe_ca_cert": "/nonexistent/ca.crt"}, "/nonexistent/ca.crt"),
     # A receiver without any *_configs would take the alerts and tell no one.
     ({"prometheus_alertmanager_enabled": True, "prometheus_alertmanager_receiver": {"name": "default"}},
