@@ -165,7 +165,8 @@ def test_the_upstream_release_replaces_the_package_and_back(stand_in_release):
         wrong = {**release, "node_exporter_release_checksums": {version: {"amd64": "0" * 64}}}
         bad, events = run_role("node_exporter", wrong, limit=name)
         failures = failed_tasks(events)
-        assert [t for _, t, _ in failures] == ["Download onto the controller, checksum verified (the release)"], failures
+        download = "Download onto the controller, checksum verified (the release)"
+        assert [t for _, t, _ in failures] == [download], failures
         assert bad.recaps[0].changed == 0
         assert hashlib.sha256(Path(cache).read_bytes()).hexdigest() == stand_in_release["sha"]
         assert _serving(host)
