@@ -25,9 +25,8 @@ CHECKOUT = "/opt/gpuprov"  # not under /tmp: the service has a private /tmp (Pri
 VENVS = Path.home() / ".cache" / "gpuprov" / "venvs"
 
 
-def _sh(container, script: str, timeout: int = 600) -> tuple[int, str]:
-    rc, out = container.exec_run(["timeout", str(timeout), "sh", "-c", script], environment={"HOME": "/root"})
-    return rc, out.decode(errors="replace")
+def _sh(container, script: str, timeout: int = 600) -> tuple[int | None, str]:
+    return lab._exec(container, ["timeout", str(timeout), "sh", "-c", script])
 
 
 @pytest.fixture
