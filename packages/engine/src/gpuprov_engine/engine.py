@@ -24,11 +24,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .metrics import EngineMetrics
 from .model import Decoder
+
+if TYPE_CHECKING:
+    from .lockstep import Leader
 
 log = logging.getLogger("gpuprov_engine")
 
@@ -172,6 +176,8 @@ class Engine:
             from .lockstep import announce as tell_followers
 
             tell_followers(self.num_slots, self.max_model_len, tp_group)
+        # Rank 0 of a tensor-parallel group wraps its decoder in lockstep's Leader (same interface).
+        self.dec: Decoder | Leader
         with torch.no_grad():
             self.dec = Decoder(model, num_slots=self.num_slots, max_len=self.max_model_len,
                                device=self.device, dtype=self.dtype, tp_rank=tp_rank, tp_size=tp_size,
@@ -263,6 +269,7 @@ class Engine:
             if "max_tokens" not in str(exc) and "context" not in str(exc):
                 self.metrics.fail("invalid_request")
             raise
+        sink: Callable[[TokenEvent], None] | None
         if queue is not None:
             sink = queue.put
             if on_token is not None:
@@ -328,6 +335,9 @@ class Engine:
         for seq in list(self._live.values()):
             self._finish(seq, "cancelled", error="engine shut down")
         if self.tp_size > 1:
+            from .lockstep import Leader
+
+            assert isinstance(self.dec, Leader)  # made so in __init__ when tp_size > 1
             self.dec.stop()
 
     def snapshot(self) -> dict:

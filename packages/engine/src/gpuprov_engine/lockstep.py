@@ -22,9 +22,13 @@ from .model import Decoder
 
 
 def _broadcast(cmd: tuple | None, group) -> tuple:
-    box = [cmd]
+    """The leader's command (rank 0 passes it, the others None and receive it)."""
+    box: list[tuple | None] = [cmd]
     dist.broadcast_object_list(box, src=0, group=group)
-    return box[0]
+    received = box[0]
+    if received is None:  # the leader always sends a command
+        raise RuntimeError("lockstep: the leader broadcast no command")
+    return received
 
 
 class Leader:

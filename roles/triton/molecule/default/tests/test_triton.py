@@ -239,9 +239,13 @@ def test_a_zero_changes_in_check_mode(host):
     assert_no_changes_in_check_mode(units=TRITON_UNITS)
 
 
-def test_the_roles_own_verify_passes():
+def test_the_roles_own_verify_passes(host):
     """The role's own checks (tasks/verify.yml: what `gpuprov verify` runs on a lab or fleet) with
-    the scenario's settings, on the converged hosts."""
+    the scenario's settings, on the converged host, before the tests below kill, stop and restart
+    Triton. It takes `host` for that order: pytest runs the tests of a module-scoped parametrised
+    fixture (testinfra's `host`) together and moved this one, without it, after all of them, where it
+    ran right after the lost-restart test's restart."""
+    assert _ready(host)
     assert_role_verify("triton", [D12], {
         "Triton: service active": PASS,
         "Triton: model ready": PASS,
