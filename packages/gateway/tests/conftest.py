@@ -22,6 +22,7 @@ KEYS = {
     "admin": "sk-test-admin-0123456789abcdef",
     "limited": "sk-test-limited-0123456789abcdef",
     "bucket": "sk-test-bucket-0123456789abcdef",
+    "burst": "sk-test-burst-0123456789abcdef",
     "fallback": "sk-test-fallback-0123456789abcdef",
     "other": "sk-test-other-0123456789abcdef",
     "removeme": "sk-test-removeme-0123456789abcdef",
@@ -51,7 +52,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    # Generous: a process starting on a loaded CI machine is slow, and one that died fails at once.
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -203,6 +205,9 @@ def gateway(tmp_path_factory, triton, cloud, model_dir, cloud_key_file) -> Gw:
             key_entry("admin", role="admin"),
             key_entry("limited", models=["deepseek-chat"]),
             key_entry("bucket", rate={"capacity": 10, "refill_per_s": 1}),
+            # The burst test's: a full bucket of 10 that does not refill while 11 requests go through,
+            # however slow the machine (the 1 per s refill is test_units' TokenBucket test).
+            key_entry("burst", rate={"capacity": 10, "refill_per_s": 0.01}),
             key_entry("other"),
             key_entry("removeme"),
             key_entry("streamer"),

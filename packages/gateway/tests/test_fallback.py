@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 from conftest import KEYS
@@ -52,17 +54,28 @@ def test_fallback_not_allowed_503(down_gateway):
     assert httpx.get(f"{down_gateway.url}/readyz").status_code == 200  # the cloud can serve
 
 
-def test_queue_over_threshold_spills_fallback_keys_to_cloud(spill_gateway):
+def _post(gw, key: str, body: dict) -> httpx.Response:
+    with gw.client(key) as c:
+        return c.post("/v1/chat/completions", json=body)
+
+
+def test_queue_over_threshold_spills_fallback_keys_to_cloud(spill_gateway, triton):
     body = {"model": "deepseek", "messages": MSG}
     with spill_gateway.client("user") as busy, busy.stream("POST", "/chat/completions", json={
             "model": "deepseek", "stream": True,
-            "messages": [{"role": "user", "content": "[[drip]] hello"}]}) as r:
+            "messages": [{"role": "user", "content": "[[hold]] hello"}]}) as r:
         lines = r.iter_lines()
-        assert next(x for x in lines if x.startswith("data:"))  # one request outstanding
-        with spill_gateway.client("spill") as c:
-            s = c.post("/v1/chat/completions", json=body)
-        with spill_gateway.client("user") as c:
-            u = c.post("/v1/chat/completions", json=body)
+        assert next(x for x in lines if x.startswith("data:"))  # one request outstanding (held)
+        # A key that may fall back is sent to the cloud at once; one that may not waits for the
+        # local backend (so it is sent beside, and the held request released after the spill).
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                with spill_gateway.client("spill") as c:
+                    s = c.post("/v1/chat/completions", json=body)
+                waiting = pool.submit(_post, spill_gateway, "user", body)
+            finally:
+                httpx.post(f"{triton.url}/admin/release")
+            u = waiting.result(timeout=60)
         assert [x for x in lines if x][-1] == "data: [DONE]"
     assert s.status_code == 200 and s.headers["X-Backend"] == "cloud"
     assert u.status_code == 200 and u.headers["X-Backend"] == "local"

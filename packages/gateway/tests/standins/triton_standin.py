@@ -7,9 +7,11 @@ max_tokens and stop_words; reports num_input_tokens / num_output_tokens on the
 last chunk. Behaviour switches, found in text_input:
     [[fail]]  HTTP 500          [[error]] data: {"error": ...}
     [[break]] drop the connection after the first chunk
-    [[slow]]  1 s before the first chunk    [[drip]] 0.15 s between chunks
+    [[slow]]  3 s before the first chunk    [[drip]] 0.15 s between chunks
     [[long]]  256 filler pieces in the answer
-Admin: GET /admin/stats, POST /admin/reset, POST /admin/fail {"count": n}.
+    [[hold]]  after four chunks (the gateway has streamed reasoning by then), wait for POST
+              /admin/release: a request held open for as long as a test needs, however slow the machine
+Admin: GET /admin/stats, POST /admin/reset, POST /admin/fail {"count": n}, POST /admin/release.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ FIELDS = {"text_input", "max_tokens", "temperature", "top_p", "stop_words", "str
           "apply_chat_template", "random_seed"}
 
 state = {"requests": 0, "fail": 0, "last_body": None, "token_delay": 0.0}
+# Set by POST /admin/release: the held requests ([[hold]]) go on; made in the server's event loop.
+released: asyncio.Event | None = None
 
 
 def pieces(text: str) -> list[str]:
@@ -63,7 +67,7 @@ async def generate_stream(request: Request) -> Response:
             yield b'data: {"error": "injected error"}\n\n'
             return
         if "[[slow]]" in text:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(3.0)
         acc, sent = "", 0
         for i, p in enumerate(out):
             cut = None
@@ -81,6 +85,8 @@ async def generate_stream(request: Request) -> Response:
             sent += 1
             last = i == len(out) - 1
             yield _chunk(p, (n_in, sent) if last else None)
+            if "[[hold]]" in text and i == 3:
+                await _released().wait()
             if "[[break]]" in text and i == 0:
                 await asyncio.sleep(0.05)
                 raise RuntimeError("stand-in: connection dropped on purpose")
@@ -102,6 +108,18 @@ def _chunk(piece: str, counts: tuple[int, int] | None = None) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
+def _released() -> asyncio.Event:
+    global released
+    if released is None:
+        released = asyncio.Event()
+    return released
+
+
+async def release(request: Request) -> Response:
+    _released().set()
+    return JSONResponse({"ok": True})
+
+
 async def ready(request: Request) -> Response:
     return Response(status_code=200)
 
@@ -112,6 +130,7 @@ async def stats(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     state.update(requests=0, fail=0, last_body=None)
+    _released().clear()
     return JSONResponse({"ok": True})
 
 
@@ -126,6 +145,7 @@ app = Starlette(routes=[
     Route("/admin/stats", stats),
     Route("/admin/reset", reset, methods=["POST"]),
     Route("/admin/fail", fail, methods=["POST"]),
+    Route("/admin/release", release, methods=["POST"]),
 ])
 
 
