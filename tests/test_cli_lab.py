@@ -237,7 +237,7 @@ def test_lab_hosts_fetch_debian_through_the_shared_cache(lab, docker_client):
     rc, out = _exec(container, ["sh", "-c", "rm -rf /tmp/aptdl && mkdir -p /tmp/aptdl/partial && apt-get install"
                                 " --reinstall --download-only -y -qq -o Dir::Cache::archives=/tmp/aptdl jq"])
     assert rc == 0, out
-    deadline, fetched = time.time() + 15, False
+    deadline, fetched = time.time() + 120, False
     while not fetched and time.time() < deadline:
         with cache_log.open("rb") as f:
             f.seek(start)
@@ -746,6 +746,6 @@ def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_clie
         assert result == "FAIL" and "TritonNotReady" in found, found
     finally:
         assert _sh(gpu, "systemctl start gpuprov-triton")[0] == 0
-        rc, _ = _sh(gpu, "for i in $(seq 1 90); do curl -sf http://127.0.0.1:8000/v2/health/ready && exit 0;"
+        rc, _ = _sh(gpu, "for i in $(seq 1 180); do curl -sf http://127.0.0.1:8000/v2/health/ready && exit 0;"
                          " sleep 2; done; exit 1")
         assert rc == 0

@@ -25,7 +25,7 @@ def _playbook(tmp_path: Path, name: str = "slow.yml") -> Path:
             {"name": "Say it started", "ansible.builtin.file": {"path": str(marks / "started"), "state": "touch",
                                                                  "mode": "0644"}},
             {"name": "Wait to be released", "ansible.builtin.wait_for": {"path": str(marks / "release"),
-                                                                        "timeout": 60}},
+                                                                        "timeout": 600}},
             {"name": "Say it finished", "ansible.builtin.file": {"path": str(marks / "finished"), "state": "touch",
                                                                   "mode": "0644"}},
         ],

@@ -21,11 +21,14 @@ CANARY = Path(__file__).resolve().parents[1] / "roles/triton/files/gpuprov-trito
 class StandIn:
     """ready: /v2/health/ready answers 200; status: the generate's answer; delay: seconds before it;
     tokens: the progress counter, moving while a delayed generate waits when `moving`, and by one when
-    a generate completes with 200 (as Triton counts a finished inference)."""
+    a generate completes with 200 (as Triton counts a finished inference); reset_after: the counter
+    falls to 0 once that many reads of the metrics were answered (a restart at a known point of the
+    canary's run, whatever its speed)."""
 
     def __init__(self) -> None:
         self.ready, self.status, self.delay, self.moving, self.tokens = True, 200, 0.0, False, 0
-        self.generates = 0
+        self.generates, self.metrics_reads = 0, 0
+        self.reset_after: int | None = None
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +48,9 @@ class StandIn:
                     body = (f'nv_inference_count{{model="m",version="1"}} 7\n'
                             f'gpuprov_engine_generated_tokens_total{{model="m"}} {stand_in.tokens}\n')
                     self._send(200, body.encode())
+                    stand_in.metrics_reads += 1
+                    if stand_in.metrics_reads == stand_in.reset_after:
+                        stand_in.tokens = 0
                 else:
                     self._send(404, b"")
 
@@ -113,7 +119,8 @@ def test_a_slow_server_answering_after_the_timeout_is_left_alone(triton):
     """Seen in CI on an overloaded host: each one-token generate took longer than the canary waits,
     so neither try's own window saw a counter move, yet the first try's request finished while the
     second waited. Progress since the first try began is progress: no restart."""
-    triton.delay, triton.moving = 2.0, False  # answers, but only after the 1 s the canary waits
+    # answers, but only 2.5 s after the 1 s the canary waits (and before the second try, 5 s later)
+    triton.delay, triton.moving = 3.5, False
     r = canary(triton)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "try 1 of 2 failed" in r.stderr and "making progress" in r.stdout and triton.generates == 2
@@ -123,7 +130,8 @@ def test_counters_reset_by_a_restart_meanwhile_are_not_a_hang(triton):
     """Triton restarted between the canary's tries (its counters start again from zero): the second
     try's counters are below the first's, which is no evidence of a hang."""
     triton.tokens, triton.delay, triton.moving = 100, 30.0, False
-    threading.Timer(2.0, lambda: setattr(triton, "tokens", 0)).start()  # during the pause between tries
+    # Between the tries: the first try reads the counters before and after its generate.
+    triton.reset_after = 2
     r = canary(triton)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "making progress" in r.stdout and triton.generates == 2

@@ -260,7 +260,7 @@ gpg --batch --passphrase '' --quick-gen-key 'a mirror key <mirror@example.invali
 gpg --batch --armor --export >> {repo}/{key_name}
 echo 'not a real release file' > {repo}/InRelease
 nohup python3 -m http.server {port} --bind 127.0.0.1 --directory /srv/standin >/dev/null 2>&1 &
-for i in $(seq 1 50); do curl -fsS -o /dev/null {url} && exit 0; sleep 0.2; done
+for i in $(seq 1 300); do curl -fsS -o /dev/null {url} && exit 0; sleep 0.2; done
 exit 1
 """
     host.check_output("bash -c %s", script)

@@ -58,7 +58,7 @@ def _eventually_loaded(name: str, seconds: int = 15) -> str:
 def _ssh(ip: str, command: str = "true", timeout: int = 5) -> subprocess.CompletedProcess:
     return subprocess.run(["ssh", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                            "-o", "UserKnownHostsFile=/dev/null", "-o", f"ConnectTimeout={timeout}",
-                           f"root@{ip}", command], capture_output=True, text=True, timeout=timeout + 10)
+                           f"root@{ip}", command], capture_output=True, text=True, timeout=timeout + 60)
 
 
 def _over_ssh(ip: str) -> dict:
@@ -128,7 +128,7 @@ table ip gpuprov_test_nat {
 }
 NFT
 setsid ip netns exec gpuprov-pub python3 -m http.server 8080 >/dev/null 2>&1 < /dev/null &
-for i in $(seq 1 50); do
+for i in $(seq 1 300); do
     ip netns exec gpuprov-pub python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8080), 1)' \\
         2>/dev/null && exit 0
     sleep 0.2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,14 @@ def test_basic_auth_through_the_web_config():
         config = host.file("/etc/prometheus/node-exporter-web.yml")
         assert config.mode == 0o640 and config.group == "prometheus"
         code = "curl -sS -o /dev/null -w '%{http_code}' "
+        assert _answers(host)
         assert host.check_output(code + METRICS) == "401"
         assert host.check_output(code + "-u prometheus:scrape-secret " + METRICS) == "200"
         assert host.check_output(code + "-u prometheus:wrong " + METRICS) == "401"
     finally:
         back, _ = run_role("node_exporter", {}, limit=name)
     assert back.rc == 0 and not host.file("/etc/prometheus/node-exporter-web.yml").exists
+    assert _answers(host)
     assert host.check_output("curl -sS -o /dev/null -w '%{http_code}' " + METRICS) == "200"
 
 
@@ -126,8 +129,20 @@ def stand_in_release(tmp_path_factory) -> dict:
     return {"version": version, "sha": sha, "cache": root / "cache" / f"{name}.tar.gz", "settings": settings}
 
 
+def _answers(host, fail_on_error: bool = False, timeout: float = 60) -> bool:
+    """The exporter answers (with a success status when fail_on_error) within timeout s: a role run
+    that restarted it returns before it listens again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if host.run(f"curl -sS {'-f ' if fail_on_error else ''}-o /dev/null " + METRICS).rc == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def _serving(host) -> bool:
-    return host.run("curl -sfS -o /dev/null " + METRICS).rc == 0
+    return _answers(host, fail_on_error=True)
 
 
 def test_the_upstream_release_replaces_the_package_and_back(stand_in_release):
@@ -149,6 +164,7 @@ def test_the_upstream_release_replaces_the_package_and_back(stand_in_release):
         assert host.run("systemd-analyze verify /etc/systemd/system/node_exporter.service").rc == 0
         # The same hardening drop-in as the package's unit.
         assert exposure(host, "node_exporter.service") <= EXPOSURE_LIMIT
+        assert _serving(host)
         metrics = host.check_output(f"curl -sS {METRICS}")
         # gpuprov's flags reach the release's binary: netstat (on by default) is off.
         assert 'node_scrape_collector_success{collector="cpu"} 1' in metrics

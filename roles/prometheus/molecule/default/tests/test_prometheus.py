@@ -341,7 +341,7 @@ def test_the_probes_present_a_client_certificate_to_fronts_with_mutual_tls(tmp_p
         mutual = {"mon-front": {**_gpu_host(address), "tls_front_mutual_tls": True}}
         result, events = _prometheus(client, more_gpus=mutual)
         assert result.rc == 0, failed_tasks(events)
-        assert _wait(lambda: "probe_success 1" in MON.check_output(probe), 30), MON.check_output(probe)
+        assert _wait(lambda: "probe_success 1" in MON.check_output(probe), 120), MON.check_output(probe)
         assert (key.user, key.group, key.mode) == ("root", "prometheus", 0o640)
         again, _ = _prometheus(client, more_gpus=mutual)
         assert again.rc == 0 and again.recaps[0].changed == 0
