@@ -1,8 +1,11 @@
 """A role README's variable table, generated from its meta/argument_specs.yml (the one place where a
 variable is described). The table sits between two markers in the README's "## Variables" section;
-prose around it is the README's own.
+prose around it is the README's own. An internal role (`_common`: no variables of its own, entry
+points for `tasks_from`) gets each entry point instead, its description and its inputs, in its
+"## Entry points" section.
 
-usage: python -m gpuprov.argspec_doc [--check] [ROLE_DIR...]   (default: every role with a main spec)
+usage: python -m gpuprov.argspec_doc [--check] [ROLE_DIR...]   (default: every role with a main spec
+                                                                and a README)
 --check writes nothing and exits 1 naming each README whose table is stale.
 """
 
@@ -21,6 +24,7 @@ END = "<!-- END argument_specs -->"
 # What finds the markers (a BEGIN line whose wording changed is still found and replaced).
 BEGIN_PREFIX = "<!-- BEGIN argument_specs"
 HEADING = "## Variables"
+ENTRY_POINTS_HEADING = "## Entry points"
 # A default longer than this is not written out in the table (defaults/main.yml has it).
 MAX_DEFAULT = 48
 MAX_STRING = 100
@@ -85,9 +89,47 @@ def table(role: Path) -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, block: str) -> str:
-    """The README with its variable table replaced by `block`. A README without the markers yet gets
-    the block in place of the first table of its "## Variables" section (or right under the heading)."""
+def _specs(role: Path) -> dict[str, Any]:
+    return yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+
+
+def _text(desc: str | list[str]) -> str:
+    return " ".join(desc) if isinstance(desc, list) else desc
+
+
+def internal(role: Path) -> bool:
+    """An internal role: its name starts with `_` (prometheus-community's convention)."""
+    return role.name.startswith("_")
+
+
+def entry_points(role: Path) -> str:
+    """The generated block (markers included) for an internal role: each entry point but `main` (which
+    only refuses to run), in the spec's order, with its description and a table of its inputs."""
+    lines = [BEGIN]
+    for name, spec in _specs(role).items():
+        if name == "main":
+            continue
+        lines += ["", f"### `{name}`", "", _cell(spec.get("short_description", "")) + ".", ""]
+        desc = _text(spec.get("description", ""))
+        if desc:
+            lines += [_cell(desc), ""]
+        lines += ["| input | type | required | description |", "|---|---|---|---|"]
+        for opt, option in (spec.get("options") or {}).items():
+            required = "yes" if option.get("required") else (
+                "no, " + _code(json.dumps(option["default"], default=str)) if "default" in option else "no")
+            lines.append(f"| `{opt}` | {_type(option)} | {required} | {_cell(_text(option.get('description', '')))} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def block_of(role: Path) -> tuple[str, str]:
+    """(the generated block, the section it goes in) for one role."""
+    return (entry_points(role), ENTRY_POINTS_HEADING) if internal(role) else (table(role), HEADING)
+
+
+def render(readme: str, block: str, heading: str = HEADING) -> str:
+    """The README with its generated block replaced by `block`. A README without the markers yet gets
+    the block in place of the first table of its `heading` section (or right under the heading)."""
     if BEGIN_PREFIX in readme:
         head, rest = readme.split(BEGIN_PREFIX, 1)
         if END not in rest:
@@ -95,9 +137,9 @@ def render(readme: str, block: str) -> str:
         return head + block + rest.split(END, 1)[1]
     lines = readme.split("\n")
     try:
-        start = lines.index(HEADING)
+        start = lines.index(heading)
     except ValueError:
-        raise ValueError(f"no '{HEADING}' section") from None
+        raise ValueError(f"no '{heading}' section") from None
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     rows = [i for i in range(start + 1, end) if lines[i].startswith("|")]
     if rows:
@@ -114,7 +156,7 @@ def documented_roles(root: Path) -> list[Path]:
     for role in sorted((root / "roles").iterdir()):
         spec = role / "meta" / "argument_specs.yml"
         if spec.exists() and "main" in (yaml.safe_load(spec.read_text()) or {}).get("argument_specs", {}):
-            if (role / "README.md").exists() and not role.name.startswith("_"):
+            if (role / "README.md").exists():
                 roles.append(role)
     return roles
 
@@ -129,7 +171,7 @@ def main(argv: list[str]) -> int:
         path = role / "README.md"
         old = path.read_text()
         try:
-            new = render(old, table(role))
+            new = render(old, *block_of(role))
         except (OSError, ValueError, KeyError, yaml.YAMLError) as e:
             print(f"error: {path}: {e}", file=sys.stderr)
             return 2

@@ -87,3 +87,24 @@ def test_check_names_a_stale_readme_and_writes_nothing(role, capsys):
     assert "stale" in capsys.readouterr().out and argspec_doc.BEGIN not in readme.read_text()
     assert argspec_doc.main([str(role)]) == 0
     assert argspec_doc.main(["--check", str(role)]) == 0
+
+
+def test_an_internal_role_gets_each_entry_point_with_its_inputs(tmp_path: Path):
+    role = tmp_path / "_demo"
+    (role / "meta").mkdir(parents=True)
+    (role / "meta" / "argument_specs.yml").write_text(yaml.safe_dump({"argument_specs": {
+        "main": {"short_description": "Internal", "options": {}},
+        "fetch": {"short_description": "A file fetched", "description": ["Once, on the", "controller."],
+                  "options": {"_demo_url": {"type": "str", "required": True, "description": "Where from."},
+                              "_demo_tries": {"type": "int", "default": 3, "description": "How often."}}},
+    }}, sort_keys=False))
+    (role / "README.md").write_text("# _demo\n\n## Entry points\n\n| old | table |\n|---|---|\n\n## Used by\n")
+    block, heading = argspec_doc.block_of(role)
+    assert heading == "## Entry points" and "### `main`" not in block
+    assert "### `fetch`\n\nA file fetched.\n\nOnce, on the controller.\n" in block
+    assert "| `_demo_url` | str | yes | Where from. |" in block
+    assert "| `_demo_tries` | int | no, `3` | How often. |" in block
+    assert argspec_doc.main([str(role)]) == 0
+    written = (role / "README.md").read_text()
+    assert "old | table" not in written and written.endswith("<!-- END argument_specs -->\n\n## Used by\n")
+    assert argspec_doc.main(["--check", str(role)]) == 0

@@ -136,6 +136,18 @@ def test_readme_variables_are_generated_from_argument_specs(role):
         f"{role.name}/README.md: the variable table is stale; run python -m gpuprov.argspec_doc")
 
 
+def test_the_internal_roles_entry_points_are_generated_from_argument_specs():
+    """_common's README lists each entry point as its argument spec describes it (the block that
+    python -m gpuprov.argspec_doc writes): a stale one fails."""
+    common = ROOT / "roles" / "_common"
+    readme = (common / "README.md").read_text()
+    assert argspec_doc.BEGIN in readme and argspec_doc.END in readme, "_common/README.md has no generated block"
+    assert argspec_doc.render(readme, *argspec_doc.block_of(common)) == readme, (
+        "_common/README.md: the entry points are stale; run python -m gpuprov.argspec_doc")
+    entry_points = set(_yaml(common / "meta" / "argument_specs.yml")["argument_specs"]) - {"main"}
+    assert {e for e in entry_points if f"### `{e}`" in readme} == entry_points
+
+
 def test_meta_has_namespace(role):
     info = _yaml(role / "meta" / "main.yml")["galaxy_info"]
     assert info["namespace"] == "gpuprov"
