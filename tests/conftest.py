@@ -70,6 +70,40 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.docker)
 
 
+# The lab's first failing test carries its GPU host's journal of Triton, its canary and recovery and
+# the gateway (a Triton that stopped serving fails every test after it; the first says why). The
+# lines start with "journal| ", which scripts/test's summary of a failing step shows.
+LAB_GPU_HOST = "gpuprov-lab-gpu1"
+LAB_UNITS = ("gpuprov-triton.service", "gpuprov-triton-canary.service", "gpuprov-triton-recover.service",
+             "gpuprov-gateway.service")
+_lab_journal_shown: list[bool] = []
+
+
+def _lab_journal() -> str:
+    try:
+        import docker
+
+        host = docker.from_env().containers.get(LAB_GPU_HOST)
+        units = [arg for unit in LAB_UNITS for arg in ("-u", unit)]
+        state = host.exec_run(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
+                               "gpuprov-triton.service"]).output.decode(errors="replace")
+        log = host.exec_run(["journalctl", "--no-pager", "-o", "short-precise", "-n", "60", *units]).output
+        text = state + log.decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the report
+        text = f"(no journal: {type(exc).__name__}: {exc})"
+    return "\n".join("journal| " + line for line in text.splitlines())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if (report.when == "call" and report.failed and item.path.name == "test_cli_lab.py"
+            and not _lab_journal_shown):
+        _lab_journal_shown.append(True)
+        report.sections.append((f"{LAB_GPU_HOST}: systemd's journal of {', '.join(LAB_UNITS)}", _lab_journal()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
