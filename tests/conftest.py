@@ -87,8 +87,11 @@ def _lab_journal() -> str:
         units = [arg for unit in LAB_UNITS for arg in ("-u", unit)]
         state = host.exec_run(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
                                "gpuprov-triton.service"]).output.decode(errors="replace")
+        # Triton's Python backend keeps its requests in /dev/shm (64 MiB in a container), where a
+        # killed server leaves its regions behind.
+        shm = host.exec_run(["sh", "-c", "df -k /dev/shm; ls -la /dev/shm | tail -n 8"]).output
         log = host.exec_run(["journalctl", "--no-pager", "-o", "short-precise", "-n", "60", *units]).output
-        text = state + log.decode(errors="replace")
+        text = state + shm.decode(errors="replace") + log.decode(errors="replace")
     except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the report
         text = f"(no journal: {type(exc).__name__}: {exc})"
     return "\n".join("journal| " + line for line in text.splitlines())
