@@ -200,6 +200,17 @@ def assert_a_lost_restart_is_drift_and_applied(name: str, unit: str, path: str, 
     return changes
 
 
+def wait_until(predicate, seconds: float = 60, every: float = 2):
+    """predicate()'s first true value within `seconds` (called every `every` s), else its last one:
+    for what a test waits on after a restart, with a deadline a slow machine still meets."""
+    deadline, value = time.monotonic() + seconds, None
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
+
+
 def journal_since(name: str, units: tuple[str, ...], since: float) -> str:
     """The last 60 lines of the units' journal on one instance since `since` (seconds since the epoch;
     5 s earlier), for a failure's message."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from gpuprov_molecule import (
     host_in,
     instance,
     run_role,
+    wait_until,
 )
 
 from gpuprov.verify import PASS
@@ -132,13 +132,8 @@ def stand_in_release(tmp_path_factory) -> dict:
 def _answers(host, fail_on_error: bool = False, timeout: float = 60) -> bool:
     """The exporter answers (with a success status when fail_on_error) within timeout s: a role run
     that restarted it returns before it listens again."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if host.run(f"curl -sS {'-f ' if fail_on_error else ''}-o /dev/null " + METRICS).rc == 0:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
+    curl = f"curl -sS {'-f ' if fail_on_error else ''}-o /dev/null " + METRICS
+    return wait_until(lambda: host.run(curl).rc == 0, timeout, every=1)
 
 
 def _serving(host) -> bool:

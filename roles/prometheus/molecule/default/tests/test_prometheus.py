@@ -21,6 +21,7 @@ from gpuprov_molecule import (
     instance,
     role_verify,
     run_role,
+    wait_until,
 )
 
 from gpuprov.verify import FAIL, PASS
@@ -62,16 +63,6 @@ def _targets() -> dict[str, set[str]]:
     for t in _api("v1/targets")["data"]["activeTargets"]:
         out.setdefault(t["labels"]["job"], set()).add(t["labels"].get("host", t["labels"]["instance"]))
     return out
-
-
-def _wait(predicate, seconds: int = 60):
-    deadline, value = time.time() + seconds, None
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(2)
-    return value
 
 
 def test_a_zero_changes_in_check_mode():
@@ -118,7 +109,7 @@ def test_targets_are_generated_from_the_inventory():
             in MON.file("/etc/prometheus/file_sd/triton_ready.yml").content_string)
     # No gpu fact for these hosts: no GPU exporter target.
     assert MON.file("/etc/prometheus/file_sd/gpu.yml").content_string.strip().endswith("[]")
-    targets = _wait(lambda: (t := _targets()).get("node") == {"gpu-a", "gpu-b"} and t)
+    targets = wait_until(lambda: (t := _targets()).get("node") == {"gpu-a", "gpu-b"} and t)
     assert targets["node"] == {"gpu-a", "gpu-b"} and targets["triton"] == {"gpu-a", "gpu-b"}
     assert targets["gateway"] == {"gpu-a", "gpu-b"}
     assert targets["prometheus"] == {"127.0.0.1:9090"}
@@ -129,7 +120,7 @@ def test_a_host_added_to_the_group_is_scraped_on_the_next_run():
     assert result.rc == 0, failed_tasks(events)
     try:
         assert '"192.0.2.12:9100"' in MON.file("/etc/prometheus/file_sd/node.yml").content_string
-        assert _wait(lambda: "gpu-c" in _targets().get("node", set()), 60)
+        assert wait_until(lambda: "gpu-c" in _targets().get("node", set()), 60)
     finally:
         back, _ = _prometheus()
     assert back.rc == 0
@@ -221,7 +212,7 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
         return [a for a in json.loads(MON.check_output("curl -sS http://127.0.0.1:9093/api/v2/alerts"))
                 if a["labels"]["alertname"] == "TargetDown"]
 
-    alerts = _wait(lambda: (found := down()) and {a["labels"].get("host") for a in found} >= {"gpu-a", "gpu-b"}
+    alerts = wait_until(lambda: (found := down()) and {a["labels"].get("host") for a in found} >= {"gpu-a", "gpu-b"}
                    and found, 120)
     assert alerts, down()
     # Only the targets gpuprov generated: the package's example configuration never ran.
@@ -232,7 +223,7 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
         text = MON.run("cat /var/tmp/heartbeats.jsonl").stdout
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    got = _wait(lambda: len(found := beats()) >= 2 and found, 120)
+    got = wait_until(lambda: len(found := beats()) >= 2 and found, 120)
     assert got, beats()
     assert all(b["receiver"] == "heartbeat" and {a["labels"]["alertname"] for a in b["alerts"]} == {"Watchdog"}
                and b["status"] == "firing" for b in got), got
@@ -265,12 +256,12 @@ def test_a_node_exporter_behind_basic_auth_is_scraped_with_its_credentials():
     try:
         result, events = _prometheus(more_gpus=me)
         assert result.rc == 0, failed_tasks(events)
-        target = _wait(node_target)
+        target = wait_until(node_target)
         assert target and target["health"] == "down" and "401" in target["lastError"], target
         auth = {"prometheus_node_exporter_basic_auth": {"username": "prometheus", "password": password}}
         result, events = _prometheus(auth, more_gpus=me)
         assert result.rc == 0, failed_tasks(events)
-        target = _wait(lambda: (t := node_target()) and t["health"] == "up" and t)
+        target = wait_until(lambda: (t := node_target()) and t["health"] == "up" and t)
         assert target, node_target()
         secret = MON.file("/etc/prometheus/node-exporter.password")
         assert (secret.user, secret.group, secret.mode) == ("root", "prometheus", 0o640)
@@ -341,7 +332,7 @@ def test_the_probes_present_a_client_certificate_to_fronts_with_mutual_tls(tmp_p
         mutual = {"mon-front": {**_gpu_host(address), "tls_front_mutual_tls": True}}
         result, events = _prometheus(client, more_gpus=mutual)
         assert result.rc == 0, failed_tasks(events)
-        assert _wait(lambda: "probe_success 1" in MON.check_output(probe), 120), MON.check_output(probe)
+        assert wait_until(lambda: "probe_success 1" in MON.check_output(probe), 120), MON.check_output(probe)
         assert (key.user, key.group, key.mode) == ("root", "prometheus", 0o640)
         again, _ = _prometheus(client, more_gpus=mutual)
         assert again.rc == 0 and again.recaps[0].changed == 0
