@@ -73,28 +73,25 @@ def _type(option: dict[str, Any]) -> str:
     return kind
 
 
-def table(role: Path) -> str:
-    """The generated block (markers included) for one role's main entry point."""
-    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
-    options = specs["main"].get("options") or {}
-    defaults_file = role / "defaults" / "main.yml"
-    defaults = (yaml.safe_load(defaults_file.read_text()) or {}) if defaults_file.exists() else {}
-    lines = [BEGIN, "", "| variable | type | default | description |", "|---|---|---|---|"]
-    for name, option in options.items():
-        desc = option.get("description", "")
-        if isinstance(desc, list):
-            desc = " ".join(desc)
-        lines.append(f"| `{name}` | {_type(option)} | {_default(name, option, defaults)} | {_cell(desc)} |")
-    lines += ["", END]
-    return "\n".join(lines)
-
-
 def _specs(role: Path) -> dict[str, Any]:
     return yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
 
 
 def _text(desc: str | list[str]) -> str:
     return " ".join(desc) if isinstance(desc, list) else desc
+
+
+def table(role: Path) -> str:
+    """The generated block (markers included) for one role's main entry point."""
+    options = _specs(role)["main"].get("options") or {}
+    defaults_file = role / "defaults" / "main.yml"
+    defaults = (yaml.safe_load(defaults_file.read_text()) or {}) if defaults_file.exists() else {}
+    lines = [BEGIN, "", "| variable | type | default | description |", "|---|---|---|---|"]
+    for name, option in options.items():
+        desc = _text(option.get("description", ""))
+        lines.append(f"| `{name}` | {_type(option)} | {_default(name, option, defaults)} | {_cell(desc)} |")
+    lines += ["", END]
+    return "\n".join(lines)
 
 
 def internal(role: Path) -> bool:

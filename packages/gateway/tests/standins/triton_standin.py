@@ -32,8 +32,8 @@ FIELDS = {"text_input", "max_tokens", "temperature", "top_p", "stop_words", "str
           "apply_chat_template", "random_seed"}
 
 state = {"requests": 0, "fail": 0, "last_body": None, "token_delay": 0.0}
-# Set by POST /admin/release: the held requests ([[hold]]) go on; made in the server's event loop.
-released: asyncio.Event | None = None
+# Set by POST /admin/release: the held requests ([[hold]]) go on.
+released = asyncio.Event()
 
 
 def pieces(text: str) -> list[str]:
@@ -86,7 +86,7 @@ async def generate_stream(request: Request) -> Response:
             last = i == len(out) - 1
             yield _chunk(p, (n_in, sent) if last else None)
             if "[[hold]]" in text and i == 3:
-                await _released().wait()
+                await released.wait()
             if "[[break]]" in text and i == 0:
                 await asyncio.sleep(0.05)
                 raise RuntimeError("stand-in: connection dropped on purpose")
@@ -108,15 +108,8 @@ def _chunk(piece: str, counts: tuple[int, int] | None = None) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def _released() -> asyncio.Event:
-    global released
-    if released is None:
-        released = asyncio.Event()
-    return released
-
-
 async def release(request: Request) -> Response:
-    _released().set()
+    released.set()
     return JSONResponse({"ok": True})
 
 
@@ -130,7 +123,7 @@ async def stats(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     state.update(requests=0, fail=0, last_body=None)
-    _released().clear()
+    released.clear()
     return JSONResponse({"ok": True})
 
 
