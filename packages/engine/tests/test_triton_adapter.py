@@ -199,6 +199,49 @@ def test_client_cancellation_frees_the_slot(model):
     assert model.engine.snapshot()["failures"].get("cancelled", 0) >= 1
 
 
+class FactorySender(Sender):
+    """As in Triton's Python backend: the final flag deletes the request's response factory, and
+    is_cancelled() is a round trip in which the server reads that factory. A read after the final
+    send, or a final send during a read, is Triton reading freed memory (its SIGSEGV in
+    TRITONBACKEND_ResponseFactoryIsCancelled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reading = 0
+        self.misuse: list[str] = []
+
+    def send(self, response=None, flags=0):
+        if flags & FINAL and self.reading:
+            self.misuse.append("the final flag sent during an is_cancelled()")
+        super().send(response, flags)
+
+    def is_cancelled(self):
+        if self.done.is_set():
+            self.misuse.append("is_cancelled() after the final flag")
+        self.reading += 1
+        time.sleep(0.002)  # the round trip to the server
+        self.reading -= 1
+        return False
+
+
+def test_no_cancellation_check_meets_a_final_response(model):
+    """Short requests end while the watch thread checks every open request for cancellation: no check
+    may reach a request whose final response was sent, or overlap that send."""
+    senders = []
+    for round_ in range(30):
+        requests = [Request(text_input=f"question {round_} {i}", max_tokens=1 + i % 3, stream=bool(i % 2))
+                    for i in range(8)]
+        for r in requests:
+            r.sender = FactorySender()
+            senders.append(r.sender)
+        model.execute(requests)
+        for r in requests:
+            assert r.sender.done.wait(30)
+        time.sleep(0.01 * (round_ % 5))  # meet the watch thread's 50 ms polls at different phases
+    assert all(s.responses[-1].error is None for s in senders)
+    assert [m for s in senders for m in s.misuse] == []
+
+
 def test_metrics_are_exported(model):
     model._sync_metrics()
     fams = MetricFamily.all

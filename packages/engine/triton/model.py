@@ -110,6 +110,11 @@ class _Row:
         self.taken = time.monotonic()
         self.first = self.last = 0.0
         self.closed = False
+        # Held across the final send and across each is_cancelled() of the watch thread: Triton's
+        # Python backend deletes a request's response factory once its final flag is sent, and an
+        # is_cancelled() after that (or one in flight meanwhile) makes Triton read the freed factory
+        # (TRITONBACKEND_ResponseFactoryIsCancelled: the server dies of SIGSEGV).
+        self.lock = threading.Lock()
 
 
 class TritonPythonModel:
@@ -266,7 +271,9 @@ class TritonPythonModel:
     def _fail(self, row, exc):
         pb_utils.Logger.log_warn(f"request {row.rid}: {exc}")
         self.engine.cancel(row.rid)
-        if not row.closed:
+        with row.lock:
+            if row.closed:
+                return
             self._drop(row)
             try:  # end the request for the client, whatever happened
                 err = pb_utils.TritonError(f"generation failed: {exc}")
@@ -313,7 +320,12 @@ class TritonPythonModel:
             row.p, row.r = row.r, len(row.tokens)
 
     def _finish(self, row, res):
-        self._drop(row)
+        with row.lock:
+            self._drop(row)
+            self._send_final(row, res)
+
+    def _send_final(self, row, res):
+        """The request's last response (under its lock: see _Row.lock)."""
         if len(row.tokens) > 1:
             self.tpot.observe((row.last - row.first) / (len(row.tokens) - 1))
         if res.finish_reason == "cancelled" and row.sender.is_cancelled():
@@ -345,7 +357,9 @@ class TritonPythonModel:
                 rows = list(self._rows.values())
             for row in rows:
                 try:
-                    if row.sender.is_cancelled():
+                    with row.lock:  # never after (or during) the final send: see _Row.lock
+                        cancelled = not row.closed and row.sender.is_cancelled()
+                    if cancelled:
                         self.engine.cancel(row.rid)
                 except Exception:
                     pass
