@@ -52,8 +52,13 @@ def default_hosts(os_name: str = "debian12", count: int = 1) -> list[LabHost]:
     return gpus + [LabHost("gpuprov-lab-mon1", os_name, "monitoring")]
 
 
+# Seconds to wait for one answer of the Docker engine (the SDK's default is 60): a loaded host's
+# engine took longer than that to remove a lab container (`lab down` failed with "Read timed out").
+DOCKER_TIMEOUT_S = 300
+
+
 def client() -> docker.DockerClient:
-    return docker.from_env()
+    return docker.from_env(timeout=DOCKER_TIMEOUT_S)
 
 
 def build_images(names: Iterable[str]) -> None:
