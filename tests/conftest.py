@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -49,8 +50,6 @@ def write_local_inventory(path: Path, group: str = "all") -> Path:
 
 def verify_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
     """{(host, check): (result, found)} from `gpuprov verify`'s table."""
-    import re
-
     lines = stdout.splitlines()
     start = next(n for n, ln in enumerate(lines) if ln.startswith("host ") and " check " in ln) + 2
     rows = {}
@@ -90,8 +89,12 @@ def _lab_journal() -> str:
         # Triton's Python backend keeps its requests in /dev/shm (64 MiB in a container), where a
         # killed server leaves its regions behind.
         shm = host.exec_run(["sh", "-c", "df -k /dev/shm; ls -la /dev/shm | tail -n 8"]).output
-        log = host.exec_run(["journalctl", "--no-pager", "-o", "short-precise", "-n", "60", *units]).output
-        text = state + shm.decode(errors="replace") + log.decode(errors="replace")
+        log = host.exec_run(["journalctl", "--no-pager", "-o", "short-precise", "-n", "200", *units]).output
+        # Triton's start-up tables say nothing of a failure; the units' state and /dev/shm come last,
+        # where the tail of a CI log keeps them.
+        lines = [line for line in log.decode(errors="replace").splitlines()
+                 if not re.search(r"\]: [|+]", line)][-60:]
+        text = "\n".join(lines) + "\n" + state + shm.decode(errors="replace")
     except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the report
         text = f"(no journal: {type(exc).__name__}: {exc})"
     return "\n".join("journal| " + line for line in text.splitlines())
