@@ -213,7 +213,7 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
                 if a["labels"]["alertname"] == "TargetDown"]
 
     alerts = wait_until(lambda: (found := down()) and {a["labels"].get("host") for a in found} >= {"gpu-a", "gpu-b"}
-                   and found, 120)
+                       and found, 120)
     assert alerts, down()
     # Only the targets gpuprov generated: the package's example configuration never ran.
     assert {a["labels"].get("host") for a in alerts} == {"gpu-a", "gpu-b"}, alerts
