@@ -136,7 +136,8 @@ def test_drift_finds_only_the_drift_its_alert_fires_and_apply_corrects_it(lab, d
         assert "no changes: the hosts match the repository" in again.stdout
         # The drift run's metrics as Prometheus sees them: ConfigurationDrift for that host (the
         # lab's windows: 15 s scrapes, 60 s for the alert).
-        deadline, firing = time.time() + 300, []
+        deadline = time.time() + 300
+        firing: list[dict] = []
         while time.time() < deadline and not firing:
             time.sleep(5)
             firing = [a for a in _active(mon, "ConfigurationDrift") if a["state"] == "firing"
@@ -501,7 +502,8 @@ def test_tritons_own_routes_are_refused_at_the_front(lab, docker_client):
 
 def test_lab_monitoring_sees_every_target(lab, docker_client):
     mon = docker_client.containers.get(MON)
-    deadline, health = time.time() + 120, {}
+    deadline = time.time() + 120
+    health: dict[str, list[str]] = {}
     while time.time() < deadline:
         _, out = _exec(mon, ["curl", "-sS", "http://127.0.0.1:9090/api/v1/targets"], want_output=True)
         health = {}
@@ -711,6 +713,10 @@ def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_clie
     assert not any(a["labels"]["alertname"] == "TritonNotReady" for a in _alerts(mon))
     stopped = time.time() - 2
     assert _sh(gpu, "systemctl stop gpuprov-triton")[0] == 0
+    # A clean stop: no idle connection (the front's keep-alive to Triton) held Triton until its exit
+    # timeout, after which it exits with status 1 and the unit's result is "exit-code".
+    result = _sh(gpu, "systemctl show -p Result -p ExecMainStatus gpuprov-triton", want_output=True)[1]
+    assert "Result=success" in result, result + _sh(gpu, "journalctl -n 5 -u gpuprov-triton")[1]
     try:
         # The API while nothing can serve (the cloud fallback is off): 503 with Retry-After and an
         # error in OpenAI's shape, never an answer; the second failure opens the gateway's breaker
@@ -722,7 +728,8 @@ def test_a_stopped_triton_fires_its_alert_and_verify_reports_it(lab, docker_clie
         # Prometheus fires the seed's not-ready alert and the gateway's open-breaker alert (the
         # lab's default windows: 15 s scrapes, 60 s).
         want = {"TritonNotReady", "GatewayBackendUnavailable"}
-        deadline, firing = time.time() + 300, []
+        deadline = time.time() + 300
+        firing: list[str] = []
         while time.time() < deadline and not want <= set(firing):
             time.sleep(5)
             firing = _firing(mon, since=stopped)
