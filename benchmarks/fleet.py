@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="print the table and verdicts of this JSON, run nothing")
     args = parser.parse_args(argv)
     if args.report:
-        rows = json.loads(args.report.read_text())["rows"]
-        print(table(rows) + "\n\n" + "\n".join(verdicts(rows)))
-        return 0 if all_ok(rows) else 1
+        recorded = json.loads(args.report.read_text())["rows"]
+        print(table(recorded) + "\n\n" + "\n".join(verdicts(recorded)))
+        return 0 if all_ok(recorded) else 1
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict] = []
     try:

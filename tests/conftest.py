@@ -19,6 +19,7 @@ def load_module(name: str, relative_path: str) -> ModuleType:
     """A Python file outside the gpuprov package (a role's module or filter, a script's library),
     imported by its path in the repository."""
     spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    assert spec is not None and spec.loader is not None, relative_path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -83,18 +84,23 @@ def _lab_journal() -> str:
         import docker
 
         host = docker.from_env().containers.get(LAB_GPU_HOST)
+
+        def output(argv: list[str]) -> str:
+            out = host.exec_run(argv).output
+            assert isinstance(out, bytes)  # not streamed
+            return out.decode(errors="replace")
+
         units = [arg for unit in LAB_UNITS for arg in ("-u", unit)]
-        state = host.exec_run(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
-                               "gpuprov-triton.service"]).output.decode(errors="replace")
+        state = output(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p", "NRestarts",
+                        "gpuprov-triton.service"])
         # Triton's Python backend keeps its requests in /dev/shm (64 MiB in a container), where a
         # killed server leaves its regions behind.
-        shm = host.exec_run(["sh", "-c", "df -k /dev/shm; ls -la /dev/shm | tail -n 8"]).output
-        log = host.exec_run(["journalctl", "--no-pager", "-o", "short-precise", "-n", "200", *units]).output
+        shm = output(["sh", "-c", "df -k /dev/shm; ls -la /dev/shm | tail -n 8"])
+        log = output(["journalctl", "--no-pager", "-o", "short-precise", "-n", "200", *units])
         # Triton's start-up tables say nothing of a failure; the units' state and /dev/shm come last,
         # where the tail of a CI log keeps them.
-        lines = [line for line in log.decode(errors="replace").splitlines()
-                 if not re.search(r"\]: [|+]", line)][-60:]
-        text = "\n".join(lines) + "\n" + state + shm.decode(errors="replace")
+        lines = [line for line in log.splitlines() if not re.search(r"\]: [|+]", line)][-60:]
+        text = "\n".join(lines) + "\n" + state + shm
     except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the report
         text = f"(no journal: {type(exc).__name__}: {exc})"
     return "\n".join("journal| " + line for line in text.splitlines())

@@ -43,7 +43,8 @@ def _reported(events: list[dict], task: str) -> list[str]:
             if e.get("event") in ("runner_on_ok", "runner_on_failed") and e["event_data"].get("task") == task]
 
 
-NATIVE, CONTAINER = {}, {"triton_runtime": "container"}
+NATIVE: dict[str, str] = {}
+CONTAINER = {"triton_runtime": "container"}
 
 
 @pytest.mark.parametrize("gpu, runtime, expected", [

@@ -157,7 +157,8 @@ def skip(step: Step, dependency: str, log_dir: Path, results: IO[str]) -> None:
 
 
 def run_all(steps: list[Step], jobs: int, log_dir: Path, results: IO[str]) -> None:
-    waiting, running = list(steps), []
+    waiting = list(steps)
+    running: list[Step] = []
     done: dict[str, int] = {}
     known = {step.name for step in steps}
     for step in steps:

@@ -35,21 +35,25 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '" + ASSISTANT + "<think>\\n' }}{% endif %}"
 )
 
-CONFIG = {
+# The dimensions the weights are drawn with; CONFIG (config.json) carries them.
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 64, 176, 2, 4, 2
+INITIALIZER_RANGE = 0.02
+
+CONFIG: dict[str, object] = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
-    "hidden_size": 64,
-    "intermediate_size": 176,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "hidden_size": HIDDEN,
+    "intermediate_size": INTERMEDIATE,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
     "max_position_embeddings": 4096,
     "max_window_layers": 2,
     "rms_norm_eps": 1e-6,
     "rope_theta": 10000.0,
     "hidden_act": "silu",
     "attention_dropout": 0.0,
-    "initializer_range": 0.02,
+    "initializer_range": INITIALIZER_RANGE,
     "sliding_window": 4096,
     "use_sliding_window": False,
     "use_cache": True,
@@ -70,16 +74,15 @@ def train_tokenizer(corpus: Path) -> Tokenizer:
 
 def weights(vocab: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(SEED)
-    c = CONFIG
-    h, inter = c["hidden_size"], c["intermediate_size"]
-    head = h // c["num_attention_heads"]
-    kv = head * c["num_key_value_heads"]
+    h, inter = HIDDEN, INTERMEDIATE
+    head = h // HEADS
+    kv = head * KV_HEADS
 
     def normal(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * c["initializer_range"]).astype(np.float32)
+        return (rng.standard_normal(shape) * INITIALIZER_RANGE).astype(np.float32)
 
     t: dict[str, np.ndarray] = {"model.embed_tokens.weight": normal(vocab, h)}
-    for i in range(c["num_hidden_layers"]):
+    for i in range(LAYERS):
         p = f"model.layers.{i}."
         t[p + "self_attn.q_proj.weight"] = normal(h, h)
         t[p + "self_attn.q_proj.bias"] = np.zeros(h, np.float32)

@@ -93,6 +93,8 @@ def wanted_map(files: list[dict]) -> dict[str, dict]:
         else:
             path, size = f["path"], f["size"]
             digest = f"sha256:{f['sha256']}" if f.get("sha256") else f"git:{f['git_sha1']}"
+        if size is None:
+            raise ValueError(f"{path}: no size")
         out[path] = {"size": int(size), "digest": digest.lower()}
     return out
 
@@ -185,7 +187,7 @@ class Fetcher:
                 s.seek(have)
                 shutil.copyfileobj(s, t, CHUNK)
             return size - have
-        url = self.p["base_url"].rstrip("/") + "/" + urllib.request.quote(path)
+        url = self.p["base_url"].rstrip("/") + "/" + urllib.parse.quote(path)
         req = urllib.request.Request(url)
         if self.p.get("bearer_token"):
             req.add_header("Authorization", "Bearer " + self.p["bearer_token"])

@@ -110,7 +110,7 @@ def llmapi_arguments(model_yaml: dict, model_path: str) -> dict:
 
 def llmapi_sampling(max_tokens: int, temperature: float, top_p: float, top_k: int, stop: list[str]) -> dict:
     """SamplingParams keyword arguments for one request (temperature 0: greedy, as in transformers)."""
-    out = {"max_tokens": max_tokens, "stop": stop or None}
+    out: dict[str, object] = {"max_tokens": max_tokens, "stop": stop or None}
     if temperature > 0:
         out.update(temperature=temperature, top_p=top_p)
         if top_k > 0:
@@ -242,6 +242,7 @@ class TritonPythonModel:
         self.tpot = Histogram(_counter_family, "gpuprov_time_per_output_token_seconds",
                               "Mean seconds between a request's generated tokens after the first",
                               TPOT_BUCKETS, labels)
+        self.engine: _LlmApiEngine | _TransformersEngine
         if params.get("engine", "transformers") == "llmapi":
             import yaml
 
