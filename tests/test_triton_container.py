@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import configparser
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_local_inventory
 
 from gpuprov.runner import RunRequest, run
 
@@ -36,54 +37,98 @@ def _gpus(count: int, name: str, cc: str, mib: int) -> dict:
     return {"status": "ok", "gpu_count": count, "gpus": [gpu] * count}
 
 
-def _render(tmp_path: Path, gpu: dict, checkpoint: dict, **extra) -> tuple[int, list[dict], Path]:
-    model = tmp_path / "models/deepseek/current"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text(json.dumps(checkpoint))
-    out = tmp_path / "out"
-    out.mkdir()
+# Every case is a host of one run (the role's tasks per host, Ansible's start-up once): its name
+# -> (gpu fact, checkpoint, extra variables).
+CASES: dict[str, tuple[dict, dict, dict]] = {
+    # The recorded H200 (Hopper, 9.0).
+    "h200": (H200, QWEN_32B, {}),
+    "h100x8-llama70b": (_gpus(8, "NVIDIA H100 80GB HBM3", "9.0", 81559), LLAMA_70B, {}),
+    # An FP8 checkpoint on Hopper.
+    "h200x8-deepseek-v3": (_gpus(8, "NVIDIA H200", "9.0", 143771), DEEPSEEK_V3, {}),
+    # Ampere: bf16.
+    "a100x4": (_gpus(4, "NVIDIA A100-SXM4-80GB", "8.0", 81920), QWEN_32B, {}),
+    # 6 GPUs: TP 4 (a power of two, 40 % 4 == 0).
+    "l40sx6": (_gpus(6, "NVIDIA L40S", "8.9", 46068), QWEN_32B, {}),
+    # 3 GPUs, 28 heads: TP 2.
+    "a10x3-qwen7b": (_gpus(3, "NVIDIA A10", "8.6", 23028), QWEN_7B, {}),
+    "h200-registry": (H200, QWEN_32B, {"triton_container_registry": "registry.lab.example:5000",
+                                       "triton_container_digest": "sha256:" + "ab" * 32}),
+    "refused-no-gpu": ({"status": "no_gpu", "gpu_count": 0, "gpus": []}, QWEN_32B, {}),
+    "refused-fp8-checkpoint": (_gpus(8, "NVIDIA A100-SXM4-80GB", "8.0", 81920), DEEPSEEK_V3, {}),
+    "refused-tp": (_gpus(4, "NVIDIA H100 80GB HBM3", "9.0", 81559), LLAMA_70B, {"triton_tensor_parallel_size": 8}),
+    "refused-fp8": (_gpus(2, "NVIDIA A100-SXM4-80GB", "8.0", 81920), QWEN_32B, {"triton_precision": "fp8"}),
+}
+
+
+@dataclass
+class Rendered:
+    model: Path
+    out: Path
+    failed: list[dict]  # this host's failed tasks (event data)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Rendered]:
+    """Every case rendered by the role's settings tasks and its templates in one run on localhost
+    (one alias per case, each with its own gpu fact, checkpoint and output directory)."""
+    base = tmp_path_factory.mktemp("triton-container")
+    hosts, cases = {}, {}
+    for name, (gpu, checkpoint, extra) in CASES.items():
+        model = base / name / "models/deepseek/current"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text(json.dumps(checkpoint))
+        out = base / name / "out"
+        out.mkdir()
+        cases[name] = Rendered(model, out, [])
+        # The service user: one every Debian host has (nobody, 65534:65534), as the role would create triton.
+        hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                       "gpuprov_test_local": {"gpu": gpu}, "triton_runtime": "container",
+                       "triton_model_path": str(model), "triton_user": "nobody", "gpuprov_test_out": str(out),
+                       **extra}
     render = [{"name": f"Render {name}",
-               "ansible.builtin.template": {"src": str(TEMPLATES / src), "dest": str(out / name), "mode": "0644"}}
+               "ansible.builtin.template": {"src": str(TEMPLATES / src), "dest": f"{{{{ gpuprov_test_out }}}}/{name}",
+                                            "mode": "0644"}}
               for name, src in [("model.yaml", "model.yaml.j2"), ("config.pbtxt", "config.pbtxt.j2"),
                                 ("gpuprov-triton.service", "gpuprov-triton-container.service.j2")]]
     play = [{"name": "Render the container runtime", "hosts": "all", "gather_facts": False, "tasks": [
+        # The gpu fact as the gpu_facts role leaves it (an inventory variable of that name would lose
+        # to the facts' own, which are empty here).
+        {"name": "Set the host's gpu fact", "ansible.builtin.set_fact": {"ansible_local": "{{ gpuprov_test_local }}"}},
         {"name": "Work out the container's settings",
          "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_settings", "public": True}},
         {"name": "Find the IDs the container runs as",
          "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_user", "public": True}},
         *render,
     ]}]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    write_local_inventory(tmp_path / "hosts.yml", group="gpu_servers")
+    (base / "play.yml").write_text(yaml.safe_dump(play))
+    (base / "hosts.yml").write_text(yaml.safe_dump({"gpu_servers": {"hosts": hosts}}))
     events: list[dict] = []
-    # The service user: one every Debian host has (nobody, 65534:65534), as the role would create triton.
-    variables = {"ansible_local": {"gpu": gpu}, "triton_runtime": "container", "triton_model_path": str(model),
-                 "triton_user": "nobody", **extra}
-    result = run(RunRequest(command="test-triton-container", playbook=str(tmp_path / "play.yml"),
-                            inventories=[str(tmp_path / "hosts.yml")], extra_vars=[json.dumps(variables)]),
-                 on_event=lambda _t, e: events.append(e))
-    return result.rc, events, out
+    # Mitogen's strategy (opt-in outside the lab): one Python per host for the whole run, a third of
+    # the processor time of Ansible's own here.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ANSIBLE_STRATEGY", "mitogen_linear")
+        result = run(RunRequest(command="test-triton-container", playbook=str(base / "play.yml"),
+                                inventories=[str(base / "hosts.yml")]),
+                     on_event=lambda _t, e: events.append(e))
+    for e in events:
+        if e.get("event") == "runner_on_failed":
+            cases[e["event_data"]["host"]].failed.append(e["event_data"])
+    # The run fails (some cases must), but every case ran to its end: rendered or refused.
+    assert result.rc != 0
+    for name, case in cases.items():
+        assert case.failed or (case.out / "gpuprov-triton.service").exists(), name
+    return cases
 
 
-def _failure(events: list[dict]) -> tuple[str, str]:
-    failed = [e["event_data"] for e in events if e.get("event") == "runner_on_failed"]
-    assert len(failed) == 1, failed
-    return failed[0]["task"], str(failed[0]["res"].get("msg"))
-
-
-@pytest.mark.parametrize("gpu, checkpoint, tp, kv_dtype", [
-    (H200, QWEN_32B, 1, "fp8"),                                      # the recorded H200 (Hopper, 9.0)
-    (_gpus(8, "NVIDIA H100 80GB HBM3", "9.0", 81559), LLAMA_70B, 8, "fp8"),
-    (_gpus(8, "NVIDIA H200", "9.0", 143771), DEEPSEEK_V3, 8, "fp8"),   # FP8 checkpoint on Hopper
-    (_gpus(4, "NVIDIA A100-SXM4-80GB", "8.0", 81920), QWEN_32B, 4, "auto"),  # Ampere: bf16
-    (_gpus(6, "NVIDIA L40S", "8.9", 46068), QWEN_32B, 4, "fp8"),     # 6 GPUs: TP 4 (power of two, 40 % 4 == 0)
-    (_gpus(3, "NVIDIA A10", "8.6", 23028), QWEN_7B, 2, "auto"),      # 3 GPUs, 28 heads: TP 2
+@pytest.mark.parametrize("case, tp, kv_dtype", [
+    ("h200", 1, "fp8"), ("h100x8-llama70b", 8, "fp8"), ("h200x8-deepseek-v3", 8, "fp8"), ("a100x4", 4, "auto"),
+    ("l40sx6", 4, "fp8"), ("a10x3-qwen7b", 2, "auto"),
 ])
-def test_tensor_parallelism_and_precision_from_the_gpus(tmp_path, gpu, checkpoint, tp, kv_dtype):
-    rc, events, out = _render(tmp_path, gpu, checkpoint)
-    assert rc == 0, [e["event_data"].get("res") for e in events if e.get("event") == "runner_on_failed"]
-    settings = yaml.safe_load((out / "model.yaml").read_text())
-    assert settings["model"] == str(tmp_path / "models/deepseek/current")
+def test_tensor_parallelism_and_precision_from_the_gpus(rendered, case, tp, kv_dtype):
+    r = rendered[case]
+    assert not r.failed, [f.get("res") for f in r.failed]
+    settings = yaml.safe_load((r.out / "model.yaml").read_text())
+    assert settings["model"] == str(r.model.parent / "current")
     assert settings["backend"] == "pytorch"
     assert settings["tensor_parallel_size"] == tp
     assert settings["pipeline_parallel_size"] == 1
@@ -92,10 +137,10 @@ def test_tensor_parallelism_and_precision_from_the_gpus(tmp_path, gpu, checkpoin
     assert settings["kv_cache_config"] == {"free_gpu_memory_fraction": 0.9, "dtype": kv_dtype}
 
 
-def test_model_repository_answers_like_the_native_one(tmp_path):
-    rc, _, out = _render(tmp_path, H200, QWEN_32B)
-    assert rc == 0
-    config = (out / "config.pbtxt").read_text()
+def test_model_repository_answers_like_the_native_one(rendered):
+    r = rendered["h200"]
+    assert not r.failed
+    config = (r.out / "config.pbtxt").read_text()
     assert 'backend: "python"' in config
     assert 'parameters { key: "engine" value: { string_value: "llmapi" } }' in config
     assert "max_batch_size: 16" in config and "decoupled: true" in config
@@ -105,12 +150,11 @@ def test_model_repository_answers_like_the_native_one(tmp_path):
     assert "kind: KIND_CPU" in config  # TensorRT-LLM places the model on the GPUs itself
 
 
-def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(tmp_path):
-    rc, _, out = _render(tmp_path, H200, QWEN_32B, triton_container_registry="registry.lab.example:5000",
-                         triton_container_digest="sha256:" + "ab" * 32)
-    assert rc == 0
+def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(rendered):
+    r = rendered["h200-registry"]
+    assert not r.failed
     unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.read(out / "gpuprov-triton.service")
+    unit.read(r.out / "gpuprov-triton.service")
     start = " ".join(unit["Service"]["ExecStart"].replace("\\\n", " ").split())
     image = "registry.lab.example:5000/nvidia/tritonserver:26.03-trtllm-python-py3@sha256:" + "ab" * 32
     assert f" {image} tritonserver " in start
@@ -121,7 +165,7 @@ def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(tmp_path):
                  "--env HOME=/tmp",
                  "--grpc-address=127.0.0.1 --grpc-port=8001", "--model-control-mode=none"):
         assert flag in start, flag
-    models = tmp_path / "models/deepseek"
+    models = r.model.parent
     assert f"--volume {models}:{models}:ro" in start
     assert "--volume /var/lib/gpuprov/triton/models:/var/lib/gpuprov/triton/models:ro" in start
     assert unit["Unit"]["Requires"] == "docker.service"
@@ -133,19 +177,16 @@ def test_unit_runs_the_pinned_image_with_gpus_and_loopback_ports(tmp_path):
     assert unit["Service"]["EnvironmentFile"] == "/etc/gpuprov/triton-admin.env"
 
 
-@pytest.mark.parametrize("gpu, checkpoint, extra, words", [
-    ({"status": "no_gpu", "gpu_count": 0, "gpus": []}, QWEN_32B, {}, "needs NVIDIA GPUs, and the gpu fact shows none"),
-    (_gpus(8, "NVIDIA A100-SXM4-80GB", "8.0", 81920), DEEPSEEK_V3, {},
-     "a checkpoint published in FP8 (True here) cannot be served in bf16"),
-    (_gpus(4, "NVIDIA H100 80GB HBM3", "9.0", 81559), LLAMA_70B, {"triton_tensor_parallel_size": 8},
-     "Tensor parallelism 8 must be at most the GPU count (4)"),
-    (_gpus(2, "NVIDIA A100-SXM4-80GB", "8.0", 81920), QWEN_32B, {"triton_precision": "fp8"},
-     "needs compute capability 8.9 or newer for fp8 (the GPUs have 8.0)"),
+@pytest.mark.parametrize("case, words", [
+    ("refused-no-gpu", "needs NVIDIA GPUs, and the gpu fact shows none"),
+    ("refused-fp8-checkpoint", "a checkpoint published in FP8 (True here) cannot be served in bf16"),
+    ("refused-tp", "Tensor parallelism 8 must be at most the GPU count (4)"),
+    ("refused-fp8", "needs compute capability 8.9 or newer for fp8 (the GPUs have 8.0)"),
 ])
-def test_settings_the_gpus_cannot_run_are_refused(tmp_path, gpu, checkpoint, extra, words):
-    rc, events, out = _render(tmp_path, gpu, checkpoint, **extra)
-    assert rc != 0
-    task, msg = _failure(events)
+def test_settings_the_gpus_cannot_run_are_refused(rendered, case, words):
+    r = rendered[case]
+    assert len(r.failed) == 1, r.failed
+    task, msg = r.failed[0]["task"], str(r.failed[0]["res"].get("msg"))
     assert task.startswith("Check "), task
     assert words in msg, msg
-    assert list(out.iterdir()) == []  # nothing rendered
+    assert list(r.out.iterdir()) == []  # nothing rendered
