@@ -166,8 +166,8 @@ def main(argv: list[str]) -> int:
     stale: list[str] = []
     for role in roles:
         path = role / "README.md"
-        old = path.read_text()
         try:
+            old = path.read_text()
             new = render(old, *block_of(role))
         except (OSError, ValueError, KeyError, yaml.YAMLError) as e:
             print(f"error: {path}: {e}", file=sys.stderr)

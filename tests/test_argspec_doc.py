@@ -108,3 +108,9 @@ def test_an_internal_role_gets_each_entry_point_with_its_inputs(tmp_path: Path):
     written = (role / "README.md").read_text()
     assert "old | table" not in written and written.endswith("<!-- END argument_specs -->\n\n## Used by\n")
     assert argspec_doc.main(["--check", str(role)]) == 0
+
+
+def test_a_path_that_is_not_a_role_is_one_error_line_and_exit_2(tmp_path, capsys):
+    assert argspec_doc.main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'nowhere' / 'README.md'}: ") and "Traceback" not in err
