@@ -104,8 +104,11 @@ class TritonBackend(Backend):
     async def ready(self, client: httpx.AsyncClient) -> bool:
         if self.breaker.state == "open":
             return False
+        # A connection of its own, closed after the answer: an idle one left in httpx's pool stays
+        # open until the pool's next use, and Triton's stop waits (30 s, then exit 1) for every open
+        # connection.
         try:
-            r = await client.get(f"{self.url}/v2/health/ready", timeout=1.0)
+            r = await client.get(f"{self.url}/v2/health/ready", timeout=1.0, headers={"Connection": "close"})
         except httpx.HTTPError:
             return False
         return r.status_code == 200
