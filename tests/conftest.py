@@ -49,6 +49,41 @@ def write_local_inventory(path: Path, group: str = "all") -> Path:
     return path
 
 
+def run_local_cases(base: Path, command: str, hosts: dict[str, dict], tasks: list[dict]) -> dict[str, list[dict]]:
+    """Role logic over many cases in one Ansible run on localhost: each case a host (a local alias
+    with its own variables; `gpuprov_test_local` becomes its `ansible_local`, as the gpu_facts role
+    leaves it), the tasks run through gpuprov's runner under Mitogen's strategy (opt-in outside the
+    lab: one Python per host for the run, Ansible's start-up once). Returns each host's events."""
+    import sys
+
+    import yaml
+
+    from gpuprov.runner import RunRequest, run
+
+    inventory = {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **variables}
+                 for name, variables in hosts.items()}
+    # An inventory variable named ansible_local would lose to the facts' own (empty here).
+    fact = {"name": "Set the host's local facts",
+            "ansible.builtin.set_fact": {"ansible_local": "{{ gpuprov_test_local }}"}}
+    play = [{"name": command, "hosts": "all", "gather_facts": False, "tasks": [fact, *tasks]}]
+    (base / "play.yml").write_text(yaml.safe_dump(play))
+    (base / "hosts.yml").write_text(yaml.safe_dump({"gpu_servers": {"hosts": inventory}}))
+    events: list[dict] = []
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ANSIBLE_STRATEGY", "mitogen_linear")
+        run(RunRequest(command=command, playbook=str(base / "play.yml"), inventories=[str(base / "hosts.yml")]),
+            on_event=lambda _t, e: events.append(e))
+    by_host = {name: [e for e in events if e.get("event_data", {}).get("host") == name] for name in hosts}
+    # Every case ran (a host with no event would pass any check of what it did not do).
+    assert all(by_host.values()), [name for name, mine in by_host.items() if not mine]
+    return by_host
+
+
+def failed_tasks_of(events: list[dict]) -> list[dict]:
+    """The event data of a host's failed tasks."""
+    return [e["event_data"] for e in events if e.get("event") == "runner_on_failed"]
+
+
 def verify_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
     """{(host, check): (result, found)} from `gpuprov verify`'s table."""
     lines = stdout.splitlines()

@@ -6,13 +6,10 @@ preflight tasks through gpuprov's runner on localhost, with the gpu fact given a
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from gpuprov.runner import RunRequest, run
+from conftest import failed_tasks_of, run_local_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = json.loads((ROOT / "tests/fixtures/gpu/h200-x1.expected.json").read_text())
@@ -46,36 +43,15 @@ CASES: dict[str, tuple[dict, dict]] = {
 
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory) -> dict[str, tuple[bool, list[dict]]]:
-    """Every case through the models role's real preflight in one run on localhost (one alias per
+    """Every case through the models role's real preflight in one run on localhost (one host per
     case, each with its own gpu fact and variables): name -> (whether the host failed, its events)."""
-    base = tmp_path_factory.mktemp("models-auto")
-    hosts = {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                    "gpuprov_test_local": {"gpu": gpu}, **variables}
-             for name, (gpu, variables) in CASES.items()}
-    play = [{"name": "Choose", "hosts": "all", "gather_facts": False, "tasks": [
-        # The gpu fact as the gpu_facts role leaves it (an inventory variable of that name would lose
-        # to the facts' own, which are empty here).
-        {"name": "Set the host's gpu fact", "ansible.builtin.set_fact": {"ansible_local": "{{ gpuprov_test_local }}"}},
+    hosts = {name: {"gpuprov_test_local": {"gpu": gpu}, **variables} for name, (gpu, variables) in CASES.items()}
+    events = run_local_cases(tmp_path_factory.mktemp("models-auto"), "test-models-auto", hosts, [
         {"name": "Run the models preflight",
          "ansible.builtin.include_role": {"name": "models", "tasks_from": "preflight"}},
         {"name": "Report", "ansible.builtin.debug": {"msg": "{{ __models_model_name }}"}},
-    ]}]
-    (base / "play.yml").write_text(yaml.safe_dump(play))
-    (base / "hosts.yml").write_text(yaml.safe_dump({"gpu_servers": {"hosts": hosts}}))
-    events: list[dict] = []
-    # Mitogen's strategy (opt-in outside the lab): one Python per host for the whole run.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("ANSIBLE_STRATEGY", "mitogen_linear")
-        result = run(RunRequest(command="test-models-auto", playbook=str(base / "play.yml"),
-                                inventories=[str(base / "hosts.yml")]),
-                     on_event=lambda _t, e: events.append(e))
-    assert result.rc != 0  # some cases must fail
-    out = {}
-    for name in CASES:
-        mine = [e for e in events if e.get("event_data", {}).get("host") == name]
-        out[name] = (any(e.get("event") == "runner_on_failed" for e in mine), mine)
-        assert mine, f"{name} ran nothing"
-    return out
+    ])
+    return {name: (bool(failed_tasks_of(mine)), mine) for name, mine in events.items()}
 
 
 def _reported(events: list[dict], task: str) -> list[str]:

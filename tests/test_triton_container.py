@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import configparser
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-
-from gpuprov.runner import RunRequest, run
+from conftest import failed_tasks_of, run_local_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "roles/triton/templates"
@@ -70,7 +68,7 @@ class Rendered:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, Rendered]:
     """Every case rendered by the role's settings tasks and its templates in one run on localhost
-    (one alias per case, each with its own gpu fact, checkpoint and output directory)."""
+    (one host per case, each with its own gpu fact, checkpoint and output directory)."""
     base = tmp_path_factory.mktemp("triton-container")
     hosts, cases = {}, {}
     for name, (gpu, checkpoint, extra) in CASES.items():
@@ -81,8 +79,7 @@ def rendered(tmp_path_factory) -> dict[str, Rendered]:
         out.mkdir()
         cases[name] = Rendered(model, out, [])
         # The service user: one every Debian host has (nobody, 65534:65534), as the role would create triton.
-        hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                       "gpuprov_test_local": {"gpu": gpu}, "triton_runtime": "container",
+        hosts[name] = {"gpuprov_test_local": {"gpu": gpu}, "triton_runtime": "container",
                        "triton_model_path": str(model), "triton_user": "nobody", "gpuprov_test_out": str(out),
                        **extra}
     render = [{"name": f"Render {name}",
@@ -90,32 +87,16 @@ def rendered(tmp_path_factory) -> dict[str, Rendered]:
                                             "mode": "0644"}}
               for name, src in [("model.yaml", "model.yaml.j2"), ("config.pbtxt", "config.pbtxt.j2"),
                                 ("gpuprov-triton.service", "gpuprov-triton-container.service.j2")]]
-    play = [{"name": "Render the container runtime", "hosts": "all", "gather_facts": False, "tasks": [
-        # The gpu fact as the gpu_facts role leaves it (an inventory variable of that name would lose
-        # to the facts' own, which are empty here).
-        {"name": "Set the host's gpu fact", "ansible.builtin.set_fact": {"ansible_local": "{{ gpuprov_test_local }}"}},
+    events = run_local_cases(base, "test-triton-container", hosts, [
         {"name": "Work out the container's settings",
          "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_settings", "public": True}},
         {"name": "Find the IDs the container runs as",
          "ansible.builtin.include_role": {"name": "triton", "tasks_from": "container_user", "public": True}},
         *render,
-    ]}]
-    (base / "play.yml").write_text(yaml.safe_dump(play))
-    (base / "hosts.yml").write_text(yaml.safe_dump({"gpu_servers": {"hosts": hosts}}))
-    events: list[dict] = []
-    # Mitogen's strategy (opt-in outside the lab): one Python per host for the whole run, a third of
-    # the processor time of Ansible's own here.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("ANSIBLE_STRATEGY", "mitogen_linear")
-        result = run(RunRequest(command="test-triton-container", playbook=str(base / "play.yml"),
-                                inventories=[str(base / "hosts.yml")]),
-                     on_event=lambda _t, e: events.append(e))
-    for e in events:
-        if e.get("event") == "runner_on_failed":
-            cases[e["event_data"]["host"]].failed.append(e["event_data"])
-    # The run fails (some cases must), but every case ran to its end: rendered or refused.
-    assert result.rc != 0
+    ])
     for name, case in cases.items():
+        case.failed = failed_tasks_of(events[name])
+        # Every case ran to its end: rendered or refused.
         assert case.failed or (case.out / "gpuprov-triton.service").exists(), name
     return cases
 
