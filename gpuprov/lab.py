@@ -55,6 +55,10 @@ def default_hosts(os_name: str = "debian12", count: int = 1) -> list[LabHost]:
 # Seconds to wait for one answer of the Docker engine (the SDK's default is 60): a loaded host's
 # engine took longer than that to remove a lab container (`lab down` failed with "Read timed out").
 DOCKER_TIMEOUT_S = 300
+# Seconds to connect to a lab host over SSH (Ansible's default is 10): the lab's hosts share this
+# machine's processors, and beside a test suite a host's handshake and Mitogen's start there took
+# longer ("Connection timed out" at Gathering Facts, 11.9 s, on 2026-12-05).
+LAB_SSH_TIMEOUT_S = 60
 
 
 def client() -> docker.DockerClient:
@@ -195,9 +199,11 @@ def inventory_for(hosts: Iterable[LabHost], subnet: str = "", controller: str = 
             host_vars["ansible_host"] = addresses[h.name]
         groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = host_vars
     inventory: dict = {"all": {"children": groups}}
-    lab_vars = {k: v for k, v in (("gpuprov_lab_subnet", subnet), ("gpuprov_lab_controller", controller)) if v}
+    lab_vars: dict[str, str | int] = {
+        k: v for k, v in (("gpuprov_lab_subnet", subnet), ("gpuprov_lab_controller", controller)) if v}
     if addresses:
         lab_vars["ansible_ssh_private_key_file"] = str(ssh_dir() / "id_ed25519")
+        lab_vars["ansible_ssh_timeout"] = LAB_SSH_TIMEOUT_S
         lab_vars["ansible_ssh_common_args"] = (
             f"-o UserKnownHostsFile={shlex.quote(str(ssh_dir() / 'known_hosts'))} -o StrictHostKeyChecking=yes")
     if lab_vars:

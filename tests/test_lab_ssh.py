@@ -25,6 +25,8 @@ def test_each_host_is_reached_at_its_address_with_the_labs_key_and_known_hosts(t
     assert inv["all"]["children"]["monitoring"]["hosts"]["gpuprov-lab-mon1"]["ansible_host"] == "172.30.0.4"
     lab_vars = inv["all"]["vars"]
     assert lab_vars["ansible_ssh_private_key_file"] == str(tmp_path / ".gpuprov" / "lab-ssh" / "id_ed25519")
+    # Longer than Ansible's 10 s: the lab's hosts share the controller's processors.
+    assert lab_vars["ansible_ssh_timeout"] == lab.LAB_SSH_TIMEOUT_S == 60
     args = shlex.split(lab_vars["ansible_ssh_common_args"])
     assert args == ["-o", f"UserKnownHostsFile={tmp_path / '.gpuprov' / 'lab-ssh' / 'known_hosts'}",
                     "-o", "StrictHostKeyChecking=yes"]
