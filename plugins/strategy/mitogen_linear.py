@@ -14,12 +14,19 @@ collection's module, in the task's worker: a fresh fork, so nothing it learnt su
 and the listing imports every collection of the `ansible` package and parses its
 meta/runtime.yml. Measured on a converged scenario (35 tasks on two hosts), that was a quarter of
 the controller's processor time.
+
+Templates are compiled once per controller, not once per worker: plugins/template_cache.py, installed
+here in the main process (its docstring says how; GPUPROV_TEMPLATE_CACHE=off switches it off).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ansible.collections.list as collection_list
@@ -27,6 +34,19 @@ from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as MitogenLinear
 
 _list_collection_dirs = collection_list.list_collection_dirs
+_TEMPLATE_CACHE = "gpuprov_template_cache"
+
+
+def _template_cache() -> ModuleType:
+    """plugins/template_cache.py, loaded once per process (Ansible may load this file again)."""
+    if _TEMPLATE_CACHE not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "template_cache.py"
+        spec = importlib.util.spec_from_file_location(_TEMPLATE_CACHE, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_TEMPLATE_CACHE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[_TEMPLATE_CACHE]
 
 
 @functools.cache
@@ -44,6 +64,9 @@ def _list_collection_dirs_once(*args: Any, **kwargs: Any) -> Iterator[bytes]:
 
 class StrategyModule(MitogenLinear):
     def run(self, iterator: Any, play_context: Any) -> int:
+        cache = _template_cache()
+        if cache._cache is None and (directory := cache.default_directory()) is not None:
+            cache.install(directory)
         if iterator._play.connection in ("local", "ansible.builtin.local"):
             return LinearStrategy.run(self, iterator, play_context)
         # Before the first task's worker is forked: every worker inherits the listing.
