@@ -60,7 +60,12 @@ def default_directory() -> Path | None:
         return None
     if setting:
         return Path(setting) / VERSION
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (a user without one): compiled as before
+            return None
     return Path(base) / "gpuprov" / "templates" / VERSION
 
 

@@ -140,6 +140,11 @@ def test_off_and_the_default_place(cache_module: ModuleType, monkeypatch: pytest
     assert directory.parent == tmp_path / "gpuprov" / "templates"
     # Named after what the code depends on: another ansible-core or Jinja starts a new directory.
     assert "ansible-core-2.19" in directory.name and "jinja2-3.1" in directory.name
+    # No home directory to be found (a user without one): off, never a failed run.
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr("pwd.getpwuid", lambda _uid: (_ for _ in ()).throw(KeyError("no entry")))
+    assert cache_module.default_directory() is None
 
 
 def test_a_run_fills_the_cache_and_the_next_run_compiles_nothing(tmp_path: Path) -> None:
