@@ -10,24 +10,33 @@ cache); Ansible compiles from strings, which Jinja does not cache.
 Here the code object of each compiled template or expression is kept under a key of its text and
 every setting that changes the generated code (delimiters, whitespace handling, the environment's
 class, Ansible's compile-time backslash escaping), in a directory named after the versions of
-ansible-core, Jinja and Python. Loading it replaces the compiling; rendering is unchanged (the
-code is Jinja's own, executed as Jinja executes it). Anything unusual (a template name, a debug
-setting, a custom autoescape, a text that came from a vault) takes Jinja's own path, uncached or
-cached in memory only; a file that cannot be read is compiled again and replaced. One thing the
-generated code takes from its environment is left out of the key: whether a filter or test passes
-Jinja's context to its function. Two plugins of one name that differ in that (none do in this
-repository) would need `GPUPROV_TEMPLATE_CACHE=off`; a filter missing at run time fails as it would
-have at compile time ("No filter named ...").
+ansible-core, Jinja and Python. Beside the code it keeps the one thing the code generator takes from
+the plugins: for each filter and test the template names, whether it exists and which argument
+Jinja passes it (context, environment, ...). That is checked again at every load, so a plugin
+added, removed or changed in that respect means compiling again (a missing one fails as without the
+cache). Loading replaces the compiling; rendering is unchanged (the code is Jinja's own, run as
+Jinja runs it). Anything unusual (a template name, a debug setting, a custom autoescape, Jinja's
+constant folding, which Ansible turns off) takes Jinja's own path; a file that cannot be read is
+compiled again and replaced.
+
+What reaches the disk: only text that came from a file that is not encrypted (its origin's path,
+checked for a vault header once per file) and was not decrypted from a vault (inline `!vault`
+values, whole-file vaults, encrypted templates); anything else (extra variables given on the
+command line, text without an origin) is cached in the process's memory only. The directory must
+be the user's own and writable by no one else, or nothing is read from or written to it (its files
+are code this process runs).
 
 `GPUPROV_TEMPLATE_CACHE`: the directory to use instead of `$XDG_CACHE_HOME/gpuprov/templates`
 (`~/.cache/...`), or `off`. Removing the directory at any time is safe.
 
 Installed by the strategy (plugins/strategy/mitogen_linear.py) in the run's main process, before the
-first worker is forked.
+first worker is forked. Only for Jinja 3.1 (an expression's template is built as its
+`compile_expression` builds it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import marshal
 import os
@@ -38,17 +47,24 @@ from types import CodeType
 from typing import Any
 
 import jinja2
-from ansible._internal._datatag._tags import VaultedValue
+from ansible._internal._datatag._tags import Origin, SourceWasEncrypted, VaultedValue
 from ansible._internal._templating import _jinja_bits
 from ansible.release import __version__ as ansible_version
 from jinja2 import nodes
 from jinja2.environment import TemplateExpression
 from jinja2.exceptions import TemplateSyntaxError
 from jinja2.parser import Parser
+from jinja2.utils import _PassArg
 
 _Environment = _jinja_bits.AnsibleEnvironment
-_jinja_compile = _Environment.compile
-_jinja_compile_expression = _Environment.compile_expression
+# Jinja's own methods, kept on the class the first time: loading this file again (under another
+# name, or after a reload) must not take the cache's methods for Jinja's.
+if "_gpuprov_jinja_compile" not in _Environment.__dict__:
+    _Environment._gpuprov_jinja_compile = _Environment.compile
+    _Environment._gpuprov_jinja_compile_expression = _Environment.compile_expression
+_jinja_compile = _Environment.__dict__["_gpuprov_jinja_compile"]
+_jinja_compile_expression = _Environment.__dict__["_gpuprov_jinja_compile_expression"]
+FORMAT = 2  # of a file: (FORMAT, plugins signature, code)
 
 VERSION = f"ansible-core-{ansible_version}-jinja2-{jinja2.__version__}-{sys.implementation.cache_tag}"
 
@@ -69,53 +85,74 @@ def default_directory() -> Path | None:
     return Path(base) / "gpuprov" / "templates" / VERSION
 
 
+Signature = tuple[tuple[str, str, str], ...]  # (filter|test, name, how Jinja passes it arguments)
+
+
+def _usable(directory: Path) -> bool:
+    """The directory, made if missing, is the user's own and no one else can write to it."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = directory.stat()
+    except OSError:
+        return False
+    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
+
+
 class CodeCache:
     """Code objects by key: in this process's memory, then in the directory (if any)."""
 
     def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-        self.memory: dict[str, CodeType] = {}
+        self.directory = directory if directory is not None and _usable(directory) else None
+        self.memory: dict[str, tuple[Signature, CodeType]] = {}
         self.counts = {"memory": 0, "disk": 0, "compiled": 0}
 
-    def get(self, key: str) -> CodeType | None:
-        code = self.memory.get(key)
-        if code is not None:
+    def get(self, key: str) -> tuple[Signature, CodeType] | None:
+        entry = self.memory.get(key)
+        if entry is not None:
             self.counts["memory"] += 1
-            return code
+            return entry
         if self.directory is None:
             return None
         try:
             loaded = marshal.loads((self.directory / key).read_bytes())
         except (OSError, ValueError, EOFError, TypeError):
             return None  # absent, unreadable or cut short: compiled again and replaced
-        if not isinstance(loaded, CodeType):
+        if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == FORMAT
+                and isinstance(loaded[2], CodeType)):
             return None
         self.counts["disk"] += 1
-        self.memory[key] = loaded
-        return loaded
+        self.memory[key] = entry = (loaded[1], loaded[2])
+        return entry
 
-    def put(self, key: str, code: CodeType, persist: bool) -> None:
+    def put(self, key: str, signature: Signature, code: CodeType, persist: bool) -> None:
         self.counts["compiled"] += 1
-        self.memory[key] = code
+        self.memory[key] = (signature, code)
         if self.directory is None or not persist:
             return
+        temporary = None
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             # mkstemp's file is the owner's only (0600); the rename makes it whole or absent.
             fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".new-")
             with os.fdopen(fd, "wb") as out:
-                out.write(marshal.dumps(code))
+                out.write(marshal.dumps((FORMAT, signature, code)))
             os.replace(temporary, self.directory / key)
+            temporary = None
         except (OSError, ValueError):
             pass  # a full or read-only disk: this process keeps it in memory
+        finally:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
 
 
 _cache: CodeCache | None = None
 
 
 def _settings(env: Any) -> tuple[Any, ...] | None:
-    """Everything besides the text that the generated code depends on; None: do not cache."""
-    if not isinstance(env.autoescape, bool) or env._debuggable_template_source:
+    """Everything besides the text and the plugins that the generated code depends on; None: do
+    not cache (a callable autoescape, Jinja's debugging of Ansible's templates, constant folding:
+    its results would be kept)."""
+    if not isinstance(env.autoescape, bool) or env._debuggable_template_source or env.optimized:
         return None
     compile_context = _jinja_bits._TemplateCompileContext.current(optional=True)
     return (
@@ -140,9 +177,49 @@ def _key(env: Any, kind: str, source: str, *options: Any) -> str | None:
     return hashlib.sha256(repr((kind, text, options, settings)).encode()).hexdigest()
 
 
+def _signature(env: Any, tree: nodes.Node) -> Signature:
+    """What the code generator read from the plugins: each filter's and test's presence and the
+    argument Jinja passes it first (jinja2/compiler.py, _filter_test_common)."""
+    found = set()
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        kind = "filter" if isinstance(node, nodes.Filter) else "test"
+        found.add((kind, node.name))
+    return tuple(sorted((kind, name, _passes(env, kind, name)) for kind, name in found))
+
+
+def _passes(env: Any, kind: str, name: str) -> str:
+    plugin = (env.filters if kind == "filter" else env.tests).get(name)
+    if plugin is None:
+        return "missing"
+    passes = _PassArg.from_obj(plugin)
+    return passes.name if passes else "value"
+
+
+def _still_holds(env: Any, signature: Signature) -> bool:
+    return all(_passes(env, kind, name) == passes for kind, name, passes in signature)
+
+
+_plaintext_files: dict[str, bool] = {}
+
+
+def _plaintext_file(path: str) -> bool:
+    """The file exists and is not a vault (checked once per file and process)."""
+    if path not in _plaintext_files:
+        try:
+            with open(path, "rb") as f:
+                _plaintext_files[path] = not f.read(64).lstrip().startswith(b"$ANSIBLE_VAULT")
+        except OSError:
+            _plaintext_files[path] = False
+    return _plaintext_files[path]
+
+
 def _persistable(source: str) -> bool:
-    """A vault's plaintext never reaches the disk, even as part of compiled code."""
-    return not VaultedValue.is_tagged_on(source)
+    """Only text read from a plain file reaches the disk, never a vault's plaintext (inline or a
+    whole encrypted file), never text of unknown origin (the command line's extra variables)."""
+    if VaultedValue.is_tagged_on(source) or SourceWasEncrypted.is_tagged_on(source):
+        return False
+    origin = Origin.get_tag(source)
+    return origin is not None and bool(origin.path) and _plaintext_file(origin.path)
 
 
 def _compile(
@@ -155,10 +232,11 @@ def _compile(
     key = _key(self, "template", source)
     if key is None:
         return _jinja_compile(self, source)
-    code = _cache.get(key)
-    if code is None:
-        code = _jinja_compile(self, source)
-        _cache.put(key, code, _persistable(source))
+    entry = _cache.get(key)
+    if entry is not None and _still_holds(self, entry[0]):
+        return entry[1]
+    code = _jinja_compile(self, source)  # Jinja's errors, as without the cache
+    _cache.put(key, _signature(self, self.parse(source)), code, _persistable(source))
     return code
 
 
@@ -167,8 +245,10 @@ def _compile_expression(self: Any, source: Any, undefined_to_none: bool = True) 
     key = _key(self, "expression", source, undefined_to_none) if _cache and isinstance(source, str) else None
     if key is None or _cache is None:
         return _jinja_compile_expression(self, source, undefined_to_none)
-    code = _cache.get(key)
-    if code is None:
+    entry = _cache.get(key)
+    if entry is not None and _still_holds(self, entry[0]):
+        code = entry[1]
+    else:
         # As Jinja 3.1's compile_expression builds its template; a syntax error is raised by
         # Jinja's own method, with its message.
         parser = Parser(self, source, state="variable")
@@ -181,14 +261,17 @@ def _compile_expression(self: Any, source: Any, undefined_to_none: bool = True) 
         expression.set_environment(self)
         body = [nodes.Assign(nodes.Name("result", "store"), expression, lineno=1)]
         code = _jinja_compile(self, nodes.Template(body, lineno=1))
-        _cache.put(key, code, _persistable(source))
+        _cache.put(key, _signature(self, expression), code, _persistable(source))
     template = self.template_class.from_code(self, code, self.make_globals(None), None)
     return TemplateExpression(template, undefined_to_none)
 
 
-def install(directory: Path | None) -> CodeCache:
-    """Compile through the cache in this process (and the workers it forks from now on)."""
+def install(directory: Path | None) -> CodeCache | None:
+    """Compile through the cache in this process (and the workers it forks from now on); None
+    (nothing installed) under a Jinja other than 3.1."""
     global _cache
+    if not jinja2.__version__.startswith("3.1."):
+        return None
     _cache = CodeCache(directory)
     _Environment.compile = _compile
     _Environment.compile_expression = _compile_expression

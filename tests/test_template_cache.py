@@ -12,10 +12,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from ansible._internal._datatag._tags import VaultedValue
+from ansible._internal._datatag._tags import Origin, VaultedValue
 from ansible.errors import AnsibleError
 from ansible.parsing.dataloader import DataLoader
+from ansible.parsing.vault import VaultLib, VaultSecret
 from ansible.template import Templar, trust_as_template
+from jinja2 import pass_context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,14 @@ TEMPLATES = [
     "{{ {'k': b} | to_json }}",
 ]
 CONDITIONALS = ["a == 'one'", "items | length > 1", "undefined_one is defined", "b is number and b > 1"]
+
+
+_PLAIN_FILE = ROOT / "roles" / "base" / "defaults" / "main.yml"  # a plain file of the repository
+
+
+def _from_file(text: str, path: Path = _PLAIN_FILE) -> str:
+    """Text as Ansible loads it from a file: trusted as a template, with its origin."""
+    return Origin(path=str(path), line_num=1).tag(trust_as_template(text))
 
 
 def _load() -> ModuleType:
@@ -55,8 +65,8 @@ def cache_module() -> Iterator[ModuleType]:
 
 def _render_all() -> list[Any]:
     templar = Templar(loader=DataLoader(), variables=VARIABLES)
-    rendered: list[Any] = [templar.template(trust_as_template(t)) for t in TEMPLATES]
-    rendered += [templar.evaluate_conditional(trust_as_template(c)) for c in CONDITIONALS]
+    rendered: list[Any] = [templar.template(_from_file(t)) for t in TEMPLATES]
+    rendered += [templar.evaluate_conditional(_from_file(c)) for c in CONDITIONALS]
     return rendered
 
 
@@ -67,14 +77,16 @@ def test_the_cached_code_renders_as_jinja_compiles_it(cache_module: ModuleType, 
     cold = cache_module.install(tmp_path)
     assert _render_all() == expected
     written = sorted(p.name for p in (tmp_path).iterdir())
-    assert cold.counts["compiled"] == len(written) == len(TEMPLATES) + len(CONDITIONALS)
+    assert cold.counts["compiled"] == len(TEMPLATES) + len(CONDITIONALS)
+    # All but the `#jinja2:` header's, whose text Ansible hands over stripped of its origin.
+    assert len(written) == len(TEMPLATES) + len(CONDITIONALS) - 1
     # A new process's cache (a forked worker's, the next run's): every one from the disk.
     warm = cache_module.install(tmp_path)
     assert _render_all() == expected
-    assert warm.counts == {"memory": 0, "disk": len(written), "compiled": 0}
+    assert warm.counts == {"memory": 0, "disk": len(written), "compiled": 1}
     # In one process, the second use of a template is from memory.
     _render_all()
-    assert warm.counts["memory"] == len(written)
+    assert warm.counts["memory"] == len(written) + 1
     # The owner's only.
     assert all((tmp_path / name).stat().st_mode & 0o077 == 0 for name in written)
 
@@ -83,14 +95,14 @@ def test_one_text_under_other_settings_is_compiled_apart(cache_module: ModuleTyp
     cache = cache_module.install(tmp_path)
     templar = Templar(loader=DataLoader(), variables=VARIABLES)
     # One template with Ansible's backslash escaping inside `{{ }}` (the default) and without it.
-    text = trust_as_template("{{ 'a\\tb' }}")
+    text = _from_file("{{ 'a\\tb' }}")
     assert templar.template(text) == "a\\tb"
     assert templar.template(text, escape_backslashes=False) == "a\tb"
     assert cache.counts["compiled"] == 2
     # One text under the default delimiters and under a header's (the header is taken off first).
-    assert templar.template(trust_as_template("[[ a ]] {{ a }}")) == "[[ a ]] one"
+    assert templar.template(_from_file("[[ a ]] {{ a }}")) == "[[ a ]] one"
     header = "#jinja2: variable_start_string: '[[', variable_end_string: ']]'\n[[ a ]] {{ a }}"
-    assert templar.template(trust_as_template(header)) == "one {{ a }}"
+    assert templar.template(_from_file(header)) == "one {{ a }}"
     assert cache.counts["compiled"] == 4
 
 
@@ -105,12 +117,13 @@ def test_a_broken_file_is_compiled_again_and_a_syntax_error_reads_as_jinja_s(
     again = cache_module.install(tmp_path)
     assert _render_all() == expected
     assert again.counts["compiled"] == len(TEMPLATES) + len(CONDITIONALS)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".new-")]
     templar = Templar(loader=DataLoader(), variables=VARIABLES)
 
     def errors() -> list[str]:
         found = []
-        for broken in (lambda: templar.template(trust_as_template("{{ a + }}")),
-                       lambda: templar.evaluate_conditional(trust_as_template("a == 'one' b"))):
+        for broken in (lambda: templar.template(_from_file("{{ a + }}")),
+                       lambda: templar.evaluate_conditional(_from_file("a == 'one' b"))):
             with pytest.raises(AnsibleError) as error:
                 broken()
             found.append(str(error.value))
@@ -122,13 +135,78 @@ def test_a_broken_file_is_compiled_again_and_a_syntax_error_reads_as_jinja_s(
     assert "unexpected 'end of print statement'" in cached[0] and "chunk after expression" in cached[1]
 
 
-def test_a_vaulted_text_never_reaches_the_disk(cache_module: ModuleType, tmp_path: Path) -> None:
-    cache = cache_module.install(tmp_path)
+def test_a_vault_s_plaintext_never_reaches_the_disk(cache_module: ModuleType, tmp_path: Path) -> None:
+    cache = cache_module.install(tmp_path / "cache")
+    loader = DataLoader()
+    secret = VaultSecret(b"lab-vault-password")
+    loader.set_vault_secrets([("default", secret)])
+    # A whole encrypted variables file (group_vars/*/vault.yml, -e @secrets.yml), as Ansible loads it.
+    vault_file = tmp_path / "vault.yml"
+    vault_file.write_bytes(VaultLib([("default", secret)]).encrypt(b"db_url: 'postgres://u:S3cret@{{ a }}/db'\n"))
+    from_vault = loader.load_from_file(str(vault_file), trusted_as_template=True)["db_url"]
+    # An inline `!vault` value; a text of no file (an extra variable given on the command line).
+    inline = VaultedValue(ciphertext="$ANSIBLE_VAULT;1.1;AES256\n00").tag(_from_file("hunter2-{{ a }}"))
+    no_origin = trust_as_template("token-{{ a }}")
+    templar = Templar(loader=loader, variables=VARIABLES)
+    assert templar.template(from_vault) == "postgres://u:S3cret@one/db"
+    assert templar.template(inline) == "hunter2-one"
+    assert templar.template(no_origin) == "token-one"
+    assert cache.counts["compiled"] == 3
+    assert not list((tmp_path / "cache").iterdir())
+    # A plain file's text is written.
+    assert templar.template(_from_file("plain-{{ a }}")) == "plain-one"
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_filter_that_changed_is_compiled_again(cache_module: ModuleType, tmp_path: Path) -> None:
+    """The generated code passes a filter Jinja's context or not as the filter asked when it was
+    compiled: one that asks otherwise now, or is gone, means compiling again (and its error)."""
+    def plain(value: Any) -> str:
+        return f"plain:{value}"
+
+    @pass_context
+    def with_context(context: Any, value: Any) -> str:
+        return f"context:{value}:{context.get('a')}"
+
+    def templar_with(probe: Any) -> Templar:
+        templar = Templar(loader=DataLoader(), variables=VARIABLES)
+        if probe is not None:
+            templar.environment.filters["gpuprov_probe"] = probe
+        return templar
+
+    cache_module.install(tmp_path)
+    text = _from_file("{% for i in items[:1] %}{{ i | gpuprov_probe }}{% endfor %}!")
+    assert templar_with(plain).template(text) == "plain:x!"
+    again = cache_module.install(tmp_path)  # a new process, the same file
+    assert templar_with(with_context).template(text) == "context:x:one!"
+    assert again.counts["compiled"] == 1
+    assert templar_with(plain).template(text) == "plain:x!"
+    with pytest.raises(AnsibleError, match="gpuprov_probe"):
+        templar_with(None).template(text)
+
+
+def test_a_directory_others_can_write_to_is_not_used(cache_module: ModuleType, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    cache = cache_module.install(shared)
     templar = Templar(loader=DataLoader(), variables=VARIABLES)
-    secret = VaultedValue(ciphertext="$ANSIBLE_VAULT;1.1;AES256\n00").tag(trust_as_template("s3cr3t-{{ a }}"))
-    assert templar.template(secret) == "s3cr3t-one"
-    assert cache.counts["compiled"] == 1
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    assert templar.template(_from_file("{{ a }}-shared")) == "one-shared"
+    assert cache.counts["compiled"] == 1 and not list(shared.iterdir())
+
+
+def test_loaded_twice_it_still_calls_jinja_s_own_compiling(cache_module: ModuleType, tmp_path: Path) -> None:
+    from ansible._internal._templating._jinja_bits import AnsibleEnvironment
+    from jinja2 import Environment
+
+    cache_module.install(tmp_path)
+    second = _load()  # as a reload or another name would: it must not take the first's methods for Jinja's
+    try:
+        second.install(tmp_path / "second")
+        assert _render_all()[0] == "one/2"
+    finally:
+        second.uninstall()
+    assert AnsibleEnvironment.compile is Environment.compile
 
 
 def test_off_and_the_default_place(cache_module: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

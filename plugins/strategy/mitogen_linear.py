@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 import ansible.collections.list as collection_list
+import ansible.plugins.action as builtin_actions
 from ansible.plugins.loader import action_loader, filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as MitogenLinear
@@ -68,17 +70,19 @@ def _list_collection_dirs_once(*args: Any, **kwargs: Any) -> Iterator[bytes]:
 
 
 def _load_plugins() -> None:
-    """Ansible's filters, tests and action plugins, loaded in the main process: each task's worker
-    (a fresh fork) loaded them again for itself, importing their files, on first use."""
+    """Ansible's filters, tests and own action plugins, loaded in the main process: each task's
+    worker (a fresh fork) loaded them again for itself, importing their files, on first use. The
+    filters and tests as a worker's first template loads them (every one on the configured paths);
+    of the action plugins only ansible-core's, by their `ansible.builtin.` names, so that no other
+    plugin file is imported that the run would not have."""
     for loader in (filter_loader, test_loader):
         for _plugin in loader.all():
             pass
-    for _plugin in action_loader.all(class_only=True):
-        pass
-    # The packages behind their `ansible.builtin.` names, which the tasks use.
+    for module in pkgutil.iter_modules(builtin_actions.__path__):
+        action_loader.get(f"ansible.builtin.{module.name}", class_only=True)
+    # The packages behind the filters' and tests' `ansible.builtin.` names, which the tasks use.
     filter_loader.get("ansible.builtin.to_json")
     test_loader.get("ansible.builtin.version")
-    action_loader.get("ansible.builtin.normal", class_only=True)
 
 
 class StrategyModule(MitogenLinear):
