@@ -21,10 +21,13 @@ compiled again and replaced.
 
 What reaches the disk: only text that came from a file that is not encrypted (its origin's path,
 checked for a vault header once per file) and was not decrypted from a vault (inline `!vault`
-values, whole-file vaults, encrypted templates); anything else (extra variables given on the
-command line, text without an origin) is cached in the process's memory only. The directory must
-be the user's own and writable by no one else, or nothing is read from or written to it (its files
-are code this process runs).
+values, whole-file vaults, encrypted templates), and nothing compiled while such text is being
+rendered (its string constants that look like templates); anything else (extra variables given on
+the command line, text without an origin) is cached in the process's memory only. Whether a file
+is a vault is read when the text is compiled, once per file and process. The directory must be the
+user's own, writable by no one else and not replaceable by anyone else (every directory above it
+root's or the user's, writable by others only with the sticky bit), or nothing is read from or
+written to it: its files are code this process runs.
 
 `GPUPROV_TEMPLATE_CACHE`: the directory to use instead of `$XDG_CACHE_HOME/gpuprov/templates`
 (`~/.cache/...`), or `off`. Removing the directory at any time is safe.
@@ -40,8 +43,10 @@ import contextlib
 import hashlib
 import marshal
 import os
+import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -49,6 +54,8 @@ from typing import Any
 import jinja2
 from ansible._internal._datatag._tags import Origin, SourceWasEncrypted, VaultedValue
 from ansible._internal._templating import _jinja_bits
+from ansible._internal._templating._utils import TemplateContext
+from ansible.parsing.vault import EncryptedString
 from ansible.release import __version__ as ansible_version
 from jinja2 import nodes
 from jinja2.environment import TemplateExpression
@@ -66,7 +73,7 @@ _jinja_compile = _Environment.__dict__["_gpuprov_jinja_compile"]
 _jinja_compile_expression = _Environment.__dict__["_gpuprov_jinja_compile_expression"]
 FORMAT = 2  # of a file: (FORMAT, plugins signature, code)
 
-VERSION = f"ansible-core-{ansible_version}-jinja2-{jinja2.__version__}-{sys.implementation.cache_tag}"
+VERSION = f"v{FORMAT}-ansible-core-{ansible_version}-jinja2-{jinja2.__version__}-{sys.implementation.cache_tag}"
 
 
 def default_directory() -> Path | None:
@@ -89,13 +96,32 @@ Signature = tuple[tuple[str, str, str], ...]  # (filter|test, name, how Jinja pa
 
 
 def _usable(directory: Path) -> bool:
-    """The directory, made if missing, is the user's own and no one else can write to it."""
+    """The directory, made if missing, is the user's own and no one else can write to it, nor
+    replace it: each directory above it is root's or the user's, and writable by others only
+    with the sticky bit (/tmp)."""
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         status = directory.stat()
+        if status.st_uid != os.geteuid() or status.st_mode & 0o022:
+            return False
+        for parent in directory.resolve().parents:
+            status = parent.stat()
+            if status.st_uid not in (0, os.geteuid()):
+                return False
+            if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
+                return False
     except OSError:
         return False
-    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
+    return True
+
+
+def _sweep(directory: Path) -> None:
+    """Temporary files of writers killed before their rename (an hour old: none still writing)."""
+    with contextlib.suppress(OSError):
+        for leftover in directory.glob(".new-*"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < time.time() - 3600:
+                    leftover.unlink()
 
 
 class CodeCache:
@@ -103,6 +129,8 @@ class CodeCache:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory if directory is not None and _usable(directory) else None
+        if self.directory is not None:
+            _sweep(self.directory)
         self.memory: dict[str, tuple[Signature, CodeType]] = {}
         self.counts = {"memory": 0, "disk": 0, "compiled": 0}
 
@@ -118,7 +146,7 @@ class CodeCache:
         except (OSError, ValueError, EOFError, TypeError):
             return None  # absent, unreadable or cut short: compiled again and replaced
         if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == FORMAT
-                and isinstance(loaded[2], CodeType)):
+                and isinstance(loaded[2], CodeType) and _well_formed(loaded[1])):
             return None
         self.counts["disk"] += 1
         self.memory[key] = entry = (loaded[1], loaded[2])
@@ -143,6 +171,13 @@ class CodeCache:
             if temporary is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
+
+
+def _well_formed(signature: Any) -> bool:
+    return isinstance(signature, tuple) and all(
+        isinstance(item, tuple) and len(item) == 3 and all(isinstance(part, str) for part in item)
+        for item in signature
+    )
 
 
 _cache: CodeCache | None = None
@@ -213,13 +248,30 @@ def _plaintext_file(path: str) -> bool:
     return _plaintext_files[path]
 
 
+def _vault_derived(value: Any) -> bool:
+    if isinstance(value, EncryptedString) or VaultedValue.is_tagged_on(value) or SourceWasEncrypted.is_tagged_on(value):
+        return True
+    origin = Origin.get_tag(value)
+    return origin is not None and bool(origin.path) and not _plaintext_file(origin.path)
+
+
 def _persistable(source: str) -> bool:
     """Only text read from a plain file reaches the disk, never a vault's plaintext (inline or a
-    whole encrypted file), never text of unknown origin (the command line's extra variables)."""
-    if VaultedValue.is_tagged_on(source) or SourceWasEncrypted.is_tagged_on(source):
+    whole encrypted file), never text of unknown origin (the command line's extra variables), and
+    nothing compiled while a vault's text is being rendered: Ansible renders a template's string
+    constants that look like templates (`lookup('x', 'a{{ b }}')`, a conditional's) with the
+    origin of the file that holds the template, not its vault tag."""
+    if _vault_derived(source):
         return False
     origin = Origin.get_tag(source)
-    return origin is not None and bool(origin.path) and _plaintext_file(origin.path)
+    if origin is None or not origin.path:
+        return False
+    context = TemplateContext.current(optional=True)
+    while context is not None:
+        if _vault_derived(context.template_value):
+            return False
+        context = context._parent_ctx
+    return True
 
 
 def _compile(

@@ -153,6 +153,16 @@ def test_a_vault_s_plaintext_never_reaches_the_disk(cache_module: ModuleType, tm
     assert templar.template(no_origin) == "token-one"
     assert cache.counts["compiled"] == 3
     assert not list((tmp_path / "cache").iterdir())
+    # A vaulted template's string constants that look like templates, which Ansible renders with
+    # the origin of the (plain) file that holds the `!vault` value: a lookup's argument, a
+    # conditional's operand.
+    def vaulted(text: str) -> str:
+        return VaultedValue(ciphertext="$ANSIBLE_VAULT;1.1;AES256\n00").tag(_from_file(text))
+
+    assert templar.template(vaulted("{{ lookup('env', 'NO_SUCH{{ \"S3CR3T-LOOKUP\" }}') }}")) == ""
+    assert templar.evaluate_conditional(vaulted("'S3CR3T-COND-{{ 1 }}' == 'x'")) is False
+    assert cache.counts["compiled"] >= 6
+    assert not list((tmp_path / "cache").iterdir())
     # A plain file's text is written.
     assert templar.template(_from_file("plain-{{ a }}")) == "plain-one"
     assert len(list((tmp_path / "cache").iterdir())) == 1
@@ -193,6 +203,14 @@ def test_a_directory_others_can_write_to_is_not_used(cache_module: ModuleType, t
     templar = Templar(loader=DataLoader(), variables=VARIABLES)
     assert templar.template(_from_file("{{ a }}-shared")) == "one-shared"
     assert cache.counts["compiled"] == 1 and not list(shared.iterdir())
+    # Our own directory under one that others may write to (no sticky bit): they could replace it.
+    under = shared / "mine"
+    assert cache_module.install(under).directory is None
+    # Under a sticky one (as /tmp, where tmp_path is): ours.
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert cache_module.install(sticky / "mine").directory == sticky / "mine"
 
 
 def test_loaded_twice_it_still_calls_jinja_s_own_compiling(cache_module: ModuleType, tmp_path: Path) -> None:
