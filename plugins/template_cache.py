@@ -197,7 +197,7 @@ def _settings(env: Any) -> tuple[Any, ...] | None:
         env.comment_start_string, env.comment_end_string,
         env.line_statement_prefix, env.line_comment_prefix,
         env.trim_blocks, env.lstrip_blocks, env.newline_sequence, env.keep_trailing_newline,
-        env.optimized, env.autoescape, env.is_async, tuple(sorted(env.extensions)),
+        env.autoescape, env.is_async, tuple(sorted(env.extensions)),
         getattr(env.finalize, "__qualname__", repr(env.finalize)),
         compile_context.escape_backslashes if compile_context else None,
         _jinja_bits._TemplateConfig.allow_embedded_templates,
@@ -316,6 +316,12 @@ def _compile_expression(self: Any, source: Any, undefined_to_none: bool = True) 
         _cache.put(key, _signature(self, expression), code, _persistable(source))
     template = self.template_class.from_code(self, code, self.make_globals(None), None)
     return TemplateExpression(template, undefined_to_none)
+
+
+def ensure_installed() -> None:
+    """Installed in the default directory, unless it already is or the cache is off."""
+    if _cache is None and (directory := default_directory()) is not None:
+        install(directory)
 
 
 def install(directory: Path | None) -> CodeCache | None:

@@ -87,9 +87,7 @@ def _load_plugins() -> None:
 
 class StrategyModule(MitogenLinear):
     def run(self, iterator: Any, play_context: Any) -> int:
-        cache = _template_cache()
-        if cache._cache is None and (directory := cache.default_directory()) is not None:
-            cache.install(directory)
+        _template_cache().ensure_installed()
         _load_plugins()
         if iterator._play.connection in ("local", "ansible.builtin.local"):
             return LinearStrategy.run(self, iterator, play_context)
