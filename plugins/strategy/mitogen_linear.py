@@ -17,8 +17,8 @@ the controller's processor time.
 
 Two more things every worker did for itself are done once, in the main process, before the first
 worker is forked: compiling templates (plugins/template_cache.py, kept on the controller's disk; its
-docstring says how, GPUPROV_TEMPLATE_CACHE=off switches it off) and loading Ansible's filter, test
-and action plugins (importing their files). A cProfile of the workers of
+docstring says how, GPUPROV_TEMPLATE_CACHE=off switches it off) and loading Ansible's filters and
+tests and ansible-core's action plugins (importing their files). A cProfile of the workers of
 tests/test_triton_container.py (12 hosts, one run), in processor time: 7.7 s, 6.4 s with the
 compiled templates, 5.9 s with the plugins loaded too.
 """
