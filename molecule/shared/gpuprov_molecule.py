@@ -75,6 +75,9 @@ def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = 
         return run_playbook(path, extra_vars, check, limit, inventories)
 
 
+_ENV_LOOKUP = re.compile(r"\{\{\s*lookup\(\s*'ansible\.builtin\.env'\s*,\s*'(\w+)'\s*\)\s*\}\}")
+
+
 def role_verify(role: str) -> list[Check]:
     """The role's tasks/verify.yml, the checks `gpuprov verify` runs on a lab or fleet, against the
     scenario's hosts with the scenario's settings: every play of converge.yml that applies the role
@@ -94,7 +97,7 @@ def role_verify(role: str) -> list[Check]:
         verify = {"name": f"Verify {role}", "hosts": play["hosts"], "become": True,
                   "vars": {**play.get("vars", {}), **entry.get("vars", {})}, "tasks": [task]}
         if play.get("vars_files"):  # relative to converge.yml, as Ansible would resolve them there
-            verify["vars_files"] = [str(converge.parent / f) for f in play["vars_files"]]
+            verify["vars_files"] = [_beside(converge, f) for f in play["vars_files"]]
         plays.append(verify)
     assert plays, f"no play of {converge} applies {role}"
     collector = CheckCollector()
@@ -105,6 +108,19 @@ def role_verify(role: str) -> list[Check]:
         result = run(req, on_event=collector)
     assert collector.checks, f"{role}'s verify ran no check (rc {result.rc}): {result.run_dir}"
     return collector.checks
+
+
+def _beside(playbook: Path, vars_file: str) -> str:
+    """A play's vars_files entry as Ansible resolves it from `playbook`'s directory (the verify play
+    runs from elsewhere), environment lookups (`{{ lookup('ansible.builtin.env', 'NAME') }}`, e.g.
+    the scenario run's directory) filled in. The file must exist: Ansible skips a missing vars file
+    without a word when the host has no gathered facts, and the checks would run without the
+    scenario's settings."""
+    text = _ENV_LOOKUP.sub(lambda m: os.environ[m.group(1)], vars_file)
+    assert "{{" not in text, f"{playbook}: vars file {vars_file}: only environment lookups are resolved here"
+    path = playbook.parent / text  # an absolute path stays as it is
+    assert path.is_file(), f"{playbook}: vars file {path} does not exist"
+    return str(path)
 
 
 def _role_entry(play: dict[str, Any], role: str) -> dict[str, Any] | None:

@@ -1,0 +1,89 @@
+"""node_exporter behind basic auth, its hash in the exporter's web config (converge.yml), on Debian 13:
+a scrape without the password or with a wrong one is refused, with it answered; the hash stays out of
+every run's output, a would-be change in check mode included; and removing the setting (last) opens
+the metrics again."""
+
+from __future__ import annotations
+
+import json
+
+from gpuprov_molecule import (
+    assert_no_changes_in_check_mode,
+    assert_role_verify,
+    failed_tasks,
+    host_in,
+    instance,
+    run_role,
+    wait_until,
+)
+
+from gpuprov.verify import PASS
+
+HOST = host_in("debian13")
+METRICS = "http://127.0.0.1:9100/metrics"
+# converge.yml's hash: bcrypt of "scrape-secret".
+HASH = "$2b$10$J6.q5KFL1FWtzHgMhy0iDOcCkOkz1UailCJDgh.7SMzn8rDGSfG.K"
+# bcrypt of "another-secret", for a would-be change.
+OTHER_HASH = "$2b$10$n7Cyak3YK.u5BcZZ2/tnGuWrRQgj1YjtrHMLHnsLng02fYhp0QHQe"
+CODE = "curl -sS -o /dev/null -w '%{http_code}' "
+
+
+def _status(host, auth: str = "") -> str:
+    return host.check_output(CODE + (f"-u {auth} " if auth else "") + METRICS)
+
+
+def _answers(host) -> bool:
+    """The exporter answers at all (any status) within 60 s: a role run that restarted it returns
+    before it listens again."""
+    return wait_until(lambda: host.run("curl -sS -o /dev/null " + METRICS).rc == 0, 60, every=1)
+
+
+def test_a_zero_changes_in_check_mode():
+    assert_no_changes_in_check_mode()
+
+
+def test_the_roles_own_verify_passes():
+    """`gpuprov verify`'s checks with basic auth on: a scrape without the password gets 401, which
+    is the right answer here."""
+    checks = assert_role_verify("node_exporter", [HOST], {
+        "Node exporter: service active": PASS,
+        "Node exporter: metrics served": PASS,
+    })
+    assert any("basic auth required" in c.found for c in checks), [c.found for c in checks]
+
+
+def test_a_scrape_needs_the_password():
+    host = instance(HOST)
+    config = host.file("/etc/prometheus/node-exporter-web.yml")
+    assert config.mode == 0o640 and config.user == "root" and config.group == "prometheus"
+    assert _answers(host)
+    assert _status(host) == "401"
+    assert _status(host, "prometheus:scrape-secret") == "200"
+    assert _status(host, "prometheus:wrong") == "401"
+    assert "node_cpu_seconds_total" in host.check_output(f"curl -sS -u prometheus:scrape-secret {METRICS}")
+
+
+def test_the_hash_stays_out_of_the_output_of_a_would_be_change():
+    """Check mode with diff, another hash: the web config would change, and neither the old hash nor
+    the new one is in any event of the run (the task is no_log)."""
+    result, events = run_role("node_exporter", {
+        "node_exporter_disabled_collectors": ["wifi"],
+        "node_exporter_web_config": {"basic_auth_users": {"prometheus": OTHER_HASH}},
+    }, check=True)
+    assert result.rc == 0, failed_tasks(events)
+    changed = [c.task for c in result.tracker.changes]
+    assert any("Write the web config" in task for task in changed), changed
+    text = json.dumps(events)
+    assert HASH not in text and OTHER_HASH not in text
+    assert "scrape-secret" not in text
+
+
+def test_z_removing_basic_auth_opens_the_metrics_again():
+    """Last: the setting taken away on this converged host removes the web config, and the
+    exporter serves without a password."""
+    host = instance(HOST)
+    result, events = run_role("node_exporter", {"node_exporter_disabled_collectors": ["wifi"]})
+    assert result.rc == 0, failed_tasks(events)
+    assert not host.file("/etc/prometheus/node-exporter-web.yml").exists
+    assert _answers(host)
+    assert wait_until(lambda: _status(host) == "200", 30, every=1)
