@@ -1,13 +1,9 @@
 """The TLS front on Debian 12 and 13, before a stand-in upstream on Triton's loopback port: TLS 1.3
-only, HSTS, Triton's own routes refused but its readiness, the audit log kept 180 days, mutual TLS
-from the client CA when asked (allow-list, CRL), and a configuration nginx refuses never replaces
-the one it is serving."""
+only, HSTS, Triton's own routes refused but its readiness, the audit log kept 180 days, and a
+configuration nginx refuses never replaces the one it is serving. Mutual TLS is a scenario of its own
+(mutual_tls)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from gpuprov_molecule import (
@@ -28,8 +24,6 @@ from gpuprov.verify import PASS
 
 HOSTS = [host_in("debian12"), host_in("debian13")]
 CA = "/etc/gpuprov/tls/ca.crt"
-CA_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
-PASSPHRASE = "front-test-ca-passphrase"
 READY = "https://localhost:8443/v2/health/ready"
 
 
@@ -156,59 +150,3 @@ def test_a_configuration_nginx_refuses_changes_nothing():
 def test_bad_input_fails_before_any_change():
     assert_fails_before_any_change("tls_front", {"tls_front_max_body_size": "8 megabytes"}, "Check the settings",
                                    "'8 megabytes'", hosts=HOSTS, pre_roles=(), exact_task=True)
-
-
-def _server_ca_certificate(tmp: Path) -> tuple[Path, Path]:
-    """A client certificate signed by the scenario's server CA (the CA mutual TLS trusted before it had
-    a client CA of its own), with openssl on the controller."""
-    key, csr, crt = tmp / "server-ca-client.key", tmp / "client.csr", tmp / "server-ca-client.crt"
-    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", "/CN=lab-client", "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(CA_DIR / "ca.crt"), "-CAkey",
-                    str(CA_DIR / "ca.key"), "-passin", f"pass:{PASSPHRASE}", "-days", "1", "-out", str(crt)],
-                   check=True, capture_output=True)
-    return key, crt
-
-
-def test_mutual_tls_admits_only_the_client_cas_certificates_on_the_allow_list_and_not_revoked(tmp_path):
-    """The defect: mutual TLS trusted whatever CA signed the server certificate. Now: no certificate,
-    or one from the server CA, is refused (400); the client CA's certificates get in (their DN in the
-    audit log) when on the allow-list, with the probes' name always on it; another of its names gets
-    403; a revoked certificate is refused (400) once the CRL lists it."""
-    host, name = instance(HOSTS[1]), HOSTS[1]
-    tls = {"tls_ca_dir": str(CA_DIR), "tls_ca_passphrase": PASSPHRASE}
-    mutual = {**tls, "tls_front_mutual_tls": True, "tls_client_names": ["lab-client", "other-client"],
-              "tls_front_client_allowed_names": ["lab-client"]}
-    result, events = run_role("tls_front", mutual, limit=name, pre_roles=("tls",))
-    assert result.rc == 0, failed_tasks(events)
-    clients = CA_DIR / "clients"
-    try:
-        files = [*_server_ca_certificate(tmp_path)] + [clients / f"{n}.{ext}" for n in
-                                                       ("lab-client", "other-client", "gpuprov-probe")
-                                                       for ext in ("key", "crt")]
-        for path in files:
-            host.check_output(f"cat > /root/{path.name} <<'PEM'\n{path.read_text()}PEM")
-
-        def status(client: str | None) -> str:
-            cert = f"--cert /root/{client}.crt --key /root/{client}.key" if client else ""
-            return host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --cacert {CA} {cert} {READY}").stdout
-
-        assert status(None) == "400"  # nginx: no required SSL certificate was sent
-        assert status("server-ca-client") == "400"  # the server CA's certificate: not a client CA's
-        admitted = host.run(f"curl -sS --cacert {CA} --cert /root/lab-client.crt --key /root/lab-client.key {READY}")
-        assert admitted.rc == 0 and admitted.stdout.strip() == "ready from the stand-in"
-        assert '"CN=lab-client"' in host.file("/var/log/gpuprov/api-access.log").content_string
-        assert status("gpuprov-probe") == "200"
-        assert status("other-client") == "403"
-
-        revoked = {**mutual, "tls_client_names": ["other-client"], "tls_client_revoked": ["lab-client"]}
-        result, events = run_role("tls_front", revoked, limit=name, pre_roles=("tls",))
-        assert result.rc == 0, failed_tasks(events)
-        assert status("lab-client") == "400"  # revoked: the CRL lists it
-        assert status("gpuprov-probe") == "200"
-        again, _ = run_role("tls_front", revoked, limit=name, pre_roles=("tls",))
-        assert again.rc == 0 and again.recaps[0].changed == 0
-    finally:
-        back, _ = run_role("tls_front", {}, limit=name)
-        assert back.rc == 0
-    assert host.run(f"curl -sS -f -o /dev/null --cacert {CA} {READY}").rc == 0
