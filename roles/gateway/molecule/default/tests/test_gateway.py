@@ -1,8 +1,8 @@
 """gateway on Debian 12 and 13 without Triton: installed from the controller's wheelhouse, running
 as its own user under a hardened unit on loopback, only the keys' hashes on the host, 401 without a
-key and 503 with Retry-After when nothing can serve, the cloud fallback (a stand-in cloud on the
-host's loopback) for a key that may use it, a removed key refused after the next apply by a reload
-(same process), zero changes in check mode, and bad input refused before any change."""
+key and 503 with Retry-After when nothing can serve, a removed key refused after the next apply by a
+reload (same process), zero changes in check mode, and bad input refused before any change. The
+cloud fallback is a scenario of its own (cloud_fallback)."""
 
 from __future__ import annotations
 
@@ -110,63 +110,6 @@ def test_a_removed_key_is_refused_after_apply_by_a_reload():
             assert host.check_output("systemctl show -p MainPID --value gpuprov-gateway") == pid
     finally:
         assert run_role("gateway", {"gateway_api_keys": KEYS}, pre_roles=("gpu_facts",))[0].rc == 0
-
-
-CLOUD_KEY = "sk-molecule-cloud-key-0000000000000000"
-# A stand-in for a DeepSeek/OpenAI-compatible cloud on the host's loopback: it records what it got
-# and streams one answer, as the real API does for the gateway's stream=true requests.
-CLOUD = r"""
-import http.server, json
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with open("/tmp/cloud-seen.json", "a") as f:
-            f.write(json.dumps({"path": self.path, "auth": self.headers.get("Authorization"),
-                                "model": body.get("model")}) + "\n")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for chunk in ({"choices": [{"index": 0, "delta": {"content": "from the cloud"}}]},
-                      {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                       "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}):
-            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(("127.0.0.1", 18081), H).serve_forever()
-"""
-
-
-def test_with_nothing_local_a_key_that_may_fall_back_is_served_by_the_cloud():
-    """The role's fallback settings end to end: the endpoint's key in a file of its own (never in
-    the configuration), a key with may_fallback served by the cloud when no local backend can, a key
-    without it refused; the endpoint removed, its key file goes too."""
-    name = HOSTS[0]
-    host = instance(name)
-    host.check_output("rm -f /tmp/cloud-seen.json; (nohup python3 -c %s >/dev/null 2>&1 &); "
-                      "for i in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18081/ && break; sleep 0.2; done",
-                      CLOUD)
-    cloud = {"gateway_fallback_enabled": True, "gateway_api_keys": [{**KEYS[0], "may_fallback": True}, KEYS[1]],
-             "gateway_cloud_endpoints": [{"name": "cloud-a", "base_url": "http://127.0.0.1:18081/v1",
-                                          "api_key": CLOUD_KEY, "model": "deepseek-chat"}]}
-    try:
-        result, _ = run_role("gateway", cloud, pre_roles=("gpu_facts",), limit=name)
-        assert result.rc == 0
-        key_file = host.file("/etc/gpuprov-gateway/cloud-cloud-a.key")
-        assert key_file.mode == 0o640 and key_file.user == "root" and key_file.group == "gpuprov"
-        assert CLOUD_KEY not in host.file("/etc/gpuprov-gateway/gateway.yaml").content_string
-        status, body, headers = _post(host, APP)
-        assert status == 200, body
-        assert body["choices"][0]["message"]["content"] == "from the cloud"
-        assert "x-backend: cloud-a" in headers.lower()
-        seen = [json.loads(ln) for ln in host.check_output("cat /tmp/cloud-seen.json").splitlines()]
-        assert seen == [{"path": "/v1/chat/completions", "auth": f"Bearer {CLOUD_KEY}", "model": "deepseek-chat"}]
-        assert _post(host, OLD)[0] == 503  # its key may not fall back: the prompt stays on site
-    finally:
-        host.run("pkill -f 18081")
-        back, _ = run_role("gateway", {"gateway_api_keys": KEYS}, pre_roles=("gpu_facts",), limit=name)
-    assert back.rc == 0
-    assert not host.file("/etc/gpuprov-gateway/cloud-cloud-a.key").exists
 
 
 @pytest.mark.parametrize(
