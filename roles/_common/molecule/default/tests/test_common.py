@@ -97,6 +97,18 @@ def test_the_service_account_is_a_system_user_without_login_or_home():
         assert host.group("gpuprov-common-extra").gid < 1000
 
 
+def test_the_service_directories_have_the_owners_and_modes_given():
+    """Each with what its entry gives, root, root and 0755 where it gives nothing."""
+    want = {"/etc/gpuprov-common-svc": ("root", "gpuprov-common-svc", 0o750),
+            "/var/log/gpuprov-common-svc": ("gpuprov-common-svc", "gpuprov-common-svc", 0o750),
+            "/var/log/gpuprov-common-svc/archive": ("gpuprov-common-svc", "root", 0o755)}
+    for name in (D12, D13):
+        host = instance(name)
+        for path, (owner, group, mode) in want.items():
+            d = host.file(path)
+            assert d.is_directory and (d.user, d.group, d.mode) == (owner, group, mode), (name, path)
+
+
 def test_a_service_account_keeps_groups_it_was_given_elsewhere():
     """Supplementary groups are added to, never replaced: a group another role or the admin added
     stays (a second account run with other groups changes only what it adds)."""
