@@ -227,6 +227,27 @@ def wait_until(predicate, seconds: float = 60, every: float = 2):
         time.sleep(every)
 
 
+GATEWAY_COMPLETIONS = "http://127.0.0.1:8080/v1/chat/completions"
+GATEWAY_BODY = {"model": "deepseek-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def gateway_completion(host: Any, key: str | None) -> tuple[int, dict[str, Any], str]:
+    """A chat completion asked of the gateway on `host`'s loopback with `key` (none: no header):
+    (HTTP status, the JSON body, the response headers)."""
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    out = host.check_output(
+        f"curl -sS -D /tmp/h -o /tmp/b -w '%{{http_code}}' {auth} -H 'Content-Type: application/json' "
+        f"--data '{json.dumps(GATEWAY_BODY)}' {GATEWAY_COMPLETIONS}")
+    return int(out), json.loads(host.check_output("cat /tmp/b")), host.check_output("cat /tmp/h")
+
+
+def http_answers(host: Any, url: str, success: bool = False, seconds: float = 60) -> bool:
+    """`url` answers from inside `host` (any status; a success status when `success`) within
+    `seconds`: a role run that restarted a service returns before it listens again."""
+    curl = f"curl -sS {'-f ' if success else ''}-o /dev/null {url}"
+    return bool(wait_until(lambda: host.run(curl).rc == 0, seconds, every=1))
+
+
 def journal_since(name: str, units: tuple[str, ...], since: float) -> str:
     """The last 60 lines of the units' journal on one instance since `since` (seconds since the epoch;
     5 s earlier), for a failure's message."""

@@ -12,6 +12,7 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     assert_role_verify,
     failed_tasks,
+    gateway_completion,
     host_in,
     instance,
     run_role,
@@ -24,14 +25,6 @@ APP = "molecule-gateway-app-key-00000000000000"
 OLD = "molecule-gateway-old-key-00000000000000"
 CLOUD_KEY = "sk-molecule-cloud-key-0000000000000000"
 KEY_FILE = "/etc/gpuprov-gateway/cloud-cloud-a.key"
-BODY = {"model": "deepseek-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}
-
-
-def _post(host, key: str) -> tuple[int, dict, str]:
-    out = host.check_output(
-        f"curl -sS -D /tmp/h -o /tmp/b -w '%{{http_code}}' -H 'Authorization: Bearer {key}' "
-        f"-H 'Content-Type: application/json' --data '{json.dumps(BODY)}' http://127.0.0.1:8080/v1/chat/completions")
-    return int(out), json.loads(host.check_output("cat /tmp/b")), host.check_output("cat /tmp/h")
 
 
 def test_a_zero_changes_in_check_mode():
@@ -64,7 +57,7 @@ def test_the_roles_own_verify_passes_through_the_cloud():
 def test_a_key_that_may_fall_back_is_served_by_the_cloud():
     host = instance(HOST)
     host.check_output("rm -f /tmp/cloud-seen.jsonl")
-    status, body, headers = _post(host, APP)
+    status, body, headers = gateway_completion(host, APP)
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "from the cloud"
     assert "x-backend: cloud-a" in headers.lower()
@@ -76,7 +69,7 @@ def test_a_key_that_may_not_fall_back_is_refused():
     """Its prompt stays on site: 503 with nothing local, and the cloud never sees it."""
     host = instance(HOST)
     host.check_output("rm -f /tmp/cloud-seen.jsonl")
-    status, body, headers = _post(host, OLD)
+    status, body, headers = gateway_completion(host, OLD)
     assert status == 503, body
     assert "retry-after:" in headers.lower()
     assert not host.file("/tmp/cloud-seen.jsonl").exists

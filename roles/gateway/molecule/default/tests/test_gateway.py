@@ -6,8 +6,6 @@ cloud fallback is a scenario of its own (cloud_fallback)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
@@ -16,6 +14,7 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     assert_role_verify,
     exposure,
+    gateway_completion,
     host_in,
     instance,
     run_role,
@@ -28,15 +27,6 @@ APP = "molecule-gateway-app-key-00000000000000"
 OLD = "molecule-gateway-old-key-00000000000000"
 KEYS = [{"id": "app", "owner": "test", "key": APP, "role": "user", "models": ["*"]},
         {"id": "old", "owner": "test", "key": OLD, "role": "user", "models": ["*"]}]
-BODY = {"model": "deepseek-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}
-
-
-def _post(host, key: str | None) -> tuple[int, dict, str]:
-    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    out = host.check_output(
-        f"curl -sS -D /tmp/h -o /tmp/b -w '%{{http_code}}' {auth} -H 'Content-Type: application/json' "
-        f"--data '{json.dumps(BODY)}' http://127.0.0.1:8080/v1/chat/completions")
-    return int(out), json.loads(host.check_output("cat /tmp/b")), host.check_output("cat /tmp/h")
 
 
 def test_a_zero_changes_in_check_mode():
@@ -89,9 +79,9 @@ def test_only_the_keys_hashes_reach_the_host(name):
 @pytest.mark.parametrize("name", HOSTS)
 def test_no_key_is_401_and_nothing_to_serve_is_503(name):
     host = instance(name)
-    status, body, _ = _post(host, None)
+    status, body, _ = gateway_completion(host, None)
     assert status == 401 and body["error"]["type"]
-    status, body, headers = _post(host, APP)
+    status, body, headers = gateway_completion(host, APP)
     assert status == 503, body
     assert "retry-after:" in headers.lower()
     audit = host.check_output("cat /var/log/gpuprov-gateway/audit-*.jsonl")
@@ -105,8 +95,8 @@ def test_a_removed_key_is_refused_after_apply_by_a_reload():
     assert result.rc == 0
     try:
         for host, pid in zip(hosts, pids):
-            assert _post(host, OLD)[0] == 401
-            assert _post(host, APP)[0] == 503  # still known: nothing to serve, not refused
+            assert gateway_completion(host, OLD)[0] == 401
+            assert gateway_completion(host, APP)[0] == 503  # still known: nothing to serve, not refused
             assert host.check_output("systemctl show -p MainPID --value gpuprov-gateway") == pid
     finally:
         assert run_role("gateway", {"gateway_api_keys": KEYS}, pre_roles=("gpu_facts",))[0].rc == 0

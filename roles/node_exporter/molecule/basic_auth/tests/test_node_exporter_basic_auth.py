@@ -12,6 +12,7 @@ from gpuprov_molecule import (
     assert_role_verify,
     failed_tasks,
     host_in,
+    http_answers,
     instance,
     run_role,
     wait_until,
@@ -32,12 +33,6 @@ def _status(host, auth: str = "") -> str:
     return host.check_output(CODE + (f"-u {auth} " if auth else "") + METRICS)
 
 
-def _answers(host) -> bool:
-    """The exporter answers at all (any status) within 60 s: a role run that restarted it returns
-    before it listens again."""
-    return wait_until(lambda: host.run("curl -sS -o /dev/null " + METRICS).rc == 0, 60, every=1)
-
-
 def test_a_zero_changes_in_check_mode():
     assert_no_changes_in_check_mode()
 
@@ -56,7 +51,7 @@ def test_a_scrape_needs_the_password():
     host = instance(HOST)
     config = host.file("/etc/prometheus/node-exporter-web.yml")
     assert config.mode == 0o640 and config.user == "root" and config.group == "prometheus"
-    assert _answers(host)
+    assert http_answers(host, METRICS)
     assert _status(host) == "401"
     assert _status(host, "prometheus:scrape-secret") == "200"
     assert _status(host, "prometheus:wrong") == "401"
@@ -85,5 +80,5 @@ def test_z_removing_basic_auth_opens_the_metrics_again():
     result, events = run_role("node_exporter", {"node_exporter_disabled_collectors": ["wifi"]})
     assert result.rc == 0, failed_tasks(events)
     assert not host.file("/etc/prometheus/node-exporter-web.yml").exists
-    assert _answers(host)
+    assert http_answers(host, METRICS)
     assert wait_until(lambda: _status(host) == "200", 30, every=1)

@@ -19,9 +19,9 @@ from gpuprov_molecule import (
     exposure,
     failed_tasks,
     host_in,
+    http_answers,
     instance,
     run_role,
-    wait_until,
 )
 
 from gpuprov.verify import PASS
@@ -42,12 +42,6 @@ def _tarball(release: dict[str, Any]) -> tuple[Path, str]:
     version = release["node_exporter_release_version"]
     cache = Path(release["node_exporter_controller_cache"]) / f"node_exporter-{version}.linux-amd64.tar.gz"
     return cache, release["node_exporter_release_checksums"][version]["amd64"]
-
-
-def _serving(host) -> bool:
-    """The exporter answers with a success status within 60 s: a role run that restarted it returns
-    before it listens again."""
-    return wait_until(lambda: host.run("curl -sSf -o /dev/null " + METRICS).rc == 0, 60, every=1)
 
 
 def test_a_zero_changes_in_check_mode():
@@ -82,7 +76,7 @@ def test_the_release_replaced_the_package(release):
 
 def test_gpuprovs_flags_reach_the_releases_binary():
     host = instance(HOST)
-    assert _serving(host)
+    assert http_answers(host, METRICS, success=True)
     metrics = host.check_output(f"curl -sS {METRICS}")
     # netstat (on by default) is off.
     assert 'node_scrape_collector_success{collector="cpu"} 1' in metrics
@@ -103,7 +97,7 @@ def test_a_tarball_that_does_not_match_its_checksum_changes_nothing(release):
     assert [t for _, t, _ in failures] == [download], failures
     assert bad.recaps[0].changed == 0
     assert hashlib.sha256(cache.read_bytes()).hexdigest() == sha
-    assert _serving(host)
+    assert http_answers(host, METRICS, success=True)
 
 
 def test_z_switching_back_to_the_package():
@@ -113,4 +107,4 @@ def test_z_switching_back_to_the_package():
     assert back.rc == 0, failed_tasks(events)
     assert host.service("prometheus-node-exporter").is_running
     assert not host.service("node_exporter").is_running and not host.service("node_exporter").is_enabled
-    assert _serving(host)
+    assert http_answers(host, METRICS, success=True)
