@@ -54,3 +54,25 @@ def test_the_execution_environment_has_the_clis_pins():
     for req in ee["dependencies"]["python"]:
         name, version = req.lower().split("==")
         assert constraints.get(name) == version, f"{req}: the CLI's venv pins {constraints.get(name)}"
+
+
+def test_ansible_builder_makes_the_build_context_with_those_pins(tmp_path):
+    """ansible-builder itself reads the definition (its schema, version 3) and writes the build
+    context, as `ansible-builder build` would before building: the image's Containerfile installs
+    the pinned ansible-core and ansible-runner, its Python requirements and collections are the
+    repository's. (Building the image needs the base image from a registry: not here.)"""
+    builder = Path(sys.executable).parent / "ansible-builder"
+    done = subprocess.run([str(builder), "create", "-f", str(ROOT / "execution-environment.yml"), "-c",
+                           str(tmp_path), "--output-filename", "Containerfile"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ee = yaml.safe_load((ROOT / "execution-environment.yml").read_text())
+    containerfile = (tmp_path / "Containerfile").read_text()
+    refs = f'ARG ANSIBLE_INSTALL_REFS="{ee["dependencies"]["ansible_core"]["package_pip"]} ' \
+           f'{ee["dependencies"]["ansible_runner"]["package_pip"]}"'
+    assert refs in containerfile
+    assert f'ARG EE_BASE_IMAGE="{ee["images"]["base_image"]["name"]}"' in containerfile
+    build = tmp_path / "_build"
+    assert (build / "requirements.txt").read_text().split() == ee["dependencies"]["python"]
+    assert yaml.safe_load((build / "requirements.yml").read_text()) == \
+        yaml.safe_load((ROOT / "collections/requirements.yml").read_text())
