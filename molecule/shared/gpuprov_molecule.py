@@ -9,6 +9,8 @@ own runner (the code path of `gpuprov apply` and `gpuprov check`).
   scenario's settings; returns each check's result.
 - `host_in(group)` / `hosts_in(group)`: the scenario's hosts by inventory group (debian12 and
   debian13 on the shared platforms), as Molecule named them for this run.
+- `http_answers(host, url)`: wait until a URL answers from inside a host (after a restart);
+  `gateway_completion(host, key)`: a chat completion asked of the gateway on a host's loopback.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _inventory_dir() -> str:
 
 
 def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check: bool = False,
-                 limit: str | None = None, inventories: tuple[str, ...] = ()) -> tuple[RunResult, list[dict[str, Any]]]:
+                 limit: str | None = None, inventories: tuple[str, ...] = (),
+                 tags: str | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     extra = [json.dumps(extra_vars)] if extra_vars else []
     req = RunRequest(
@@ -40,6 +43,7 @@ def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check
         playbook=str(playbook.resolve()),
         inventories=[_inventory_dir(), *inventories],
         limit=limit,
+        tags=tags,
         extra_vars=extra,
         check=check,
         diff=check,
@@ -50,7 +54,8 @@ def run_playbook(playbook: Path, extra_vars: dict[str, Any] | None = None, check
 def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = False,
              limit: str | None = None, pre_roles: tuple[str, ...] = (), hosts: str = "all",
              extra_inventory: dict[str, Any] | None = None,
-             facts: dict[str, dict[str, Any]] | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
+             facts: dict[str, dict[str, Any]] | None = None,
+             tags: str | None = None) -> tuple[RunResult, list[dict[str, Any]]]:
     """`extra_inventory`: an inventory (YAML structure) added to Molecule's, e.g. hosts that join a group.
     `facts`: facts of hosts that are never reached (host -> facts, as `ansible_facts` names them), put
     in the run's fact cache first, as an earlier run would have left them; an inventory cannot give
@@ -72,7 +77,7 @@ def run_role(role: str, extra_vars: dict[str, Any] | None = None, check: bool = 
             extra = Path(tmp) / "extra-inventory.yml"
             extra.write_text(yaml.safe_dump(extra_inventory))
             inventories = (str(extra),)
-        return run_playbook(path, extra_vars, check, limit, inventories)
+        return run_playbook(path, extra_vars, check, limit, inventories, tags)
 
 
 _ENV_LOOKUP = re.compile(r"\{\{\s*lookup\(\s*'ansible\.builtin\.env'\s*,\s*'(\w+)'\s*\)\s*\}\}")
@@ -110,17 +115,27 @@ def role_verify(role: str) -> list[Check]:
     return collector.checks
 
 
-def _beside(playbook: Path, vars_file: str) -> str:
+def _beside(playbook: Path, vars_file: str | list[str]) -> str:
     """A play's vars_files entry as Ansible resolves it from `playbook`'s directory (the verify play
     runs from elsewhere), environment lookups (`{{ lookup('ansible.builtin.env', 'NAME') }}`, e.g.
-    the scenario run's directory) filled in. The file must exist: Ansible skips a missing vars file
-    without a word when the host has no gathered facts, and the checks would run without the
-    scenario's settings."""
-    text = _ENV_LOOKUP.sub(lambda m: os.environ[m.group(1)], vars_file)
+    the scenario run's directory) filled in; a list is Ansible's first-found form. The file must
+    exist: Ansible skips a missing vars file without a word when the host has no gathered facts, and
+    the checks would run without the scenario's settings."""
+    candidates = [_resolved(playbook, f) for f in (vars_file if isinstance(vars_file, list) else [vars_file])]
+    found = [path for path in candidates if path.is_file()]
+    assert found, f"{playbook}: no vars file of {vars_file} exists: {[str(p) for p in candidates]}"
+    return str(found[0])
+
+
+def _resolved(playbook: Path, vars_file: str) -> Path:
+    def env(match: re.Match[str]) -> str:
+        value = os.environ.get(match.group(1))
+        assert value, f"{playbook}: vars file {vars_file}: {match.group(1)} is not set"
+        return value
+
+    text = _ENV_LOOKUP.sub(env, vars_file)
     assert "{{" not in text, f"{playbook}: vars file {vars_file}: only environment lookups are resolved here"
-    path = playbook.parent / text  # an absolute path stays as it is
-    assert path.is_file(), f"{playbook}: vars file {path} does not exist"
-    return str(path)
+    return playbook.parent / text  # an absolute path stays as it is
 
 
 def _role_entry(play: dict[str, Any], role: str) -> dict[str, Any] | None:

@@ -6,6 +6,8 @@ cloud fallback is a scenario of its own (cloud_fallback)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from gpuprov_molecule import (
     EXPOSURE_LIMIT,
@@ -14,6 +16,7 @@ from gpuprov_molecule import (
     assert_no_changes_in_check_mode,
     assert_role_verify,
     exposure,
+    failed_tasks,
     gateway_completion,
     host_in,
     instance,
@@ -86,6 +89,22 @@ def test_no_key_is_401_and_nothing_to_serve_is_503(name):
     assert "retry-after:" in headers.lower()
     audit = host.check_output("cat /var/log/gpuprov-gateway/audit-*.jsonl")
     assert '"key_id": "app"' in audit.replace('":"', '": "') and APP not in audit
+
+
+def test_a_configure_only_run_makes_a_moved_directory():
+    """The configuration and audit directories are made by the service account step, which runs
+    under the configure tag too: a configure-only run (check mode) after the audit directory moved
+    would make it, rather than failing on a missing directory."""
+    moved = "/var/log/gpuprov-gateway-moved"
+    result, events = run_role("gateway", {"gateway_api_keys": KEYS, "gateway_audit_dir": moved},
+                              pre_roles=("gpu_facts",), limit=HOSTS[0], check=True, tags="gateway_configure")
+    assert result.rc == 0, failed_tasks(events)
+    task = "Create the service's directories"
+    assert any(task in c.task for c in result.tracker.changes), result.tracker.changes
+    items = [e["event_data"]["res"] for e in events
+             if e.get("event") == "runner_item_on_ok" and task in e["event_data"].get("task", "")]
+    assert any(r.get("changed") and moved in json.dumps(r) for r in items), items
+    assert not instance(HOSTS[0]).file(moved).exists
 
 
 def test_a_removed_key_is_refused_after_apply_by_a_reload():

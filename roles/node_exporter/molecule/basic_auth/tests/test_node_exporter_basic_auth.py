@@ -1,7 +1,8 @@
 """node_exporter behind basic auth, its hash in the exporter's web config (converge.yml), on Debian 13:
-a scrape without the password or with a wrong one is refused, with it answered; the hash stays out of
-every run's output, a would-be change in check mode included; and removing the setting (last) opens
-the metrics again."""
+a scrape without the password or with a wrong one is refused, with it answered; a changed hash stays
+out of every run's output, in check mode (with diff) and when applied; and removing the setting
+(last) opens the metrics again. Its prepare step installed the exporter without a password: converge
+turned basic auth on over it."""
 
 from __future__ import annotations
 
@@ -58,19 +59,23 @@ def test_a_scrape_needs_the_password():
     assert "node_cpu_seconds_total" in host.check_output(f"curl -sS -u prometheus:scrape-secret {METRICS}")
 
 
-def test_the_hash_stays_out_of_the_output_of_a_would_be_change():
-    """Check mode with diff, another hash: the web config would change, and neither the old hash nor
-    the new one is in any event of the run (the task is no_log)."""
-    result, events = run_role("node_exporter", {
-        "node_exporter_disabled_collectors": ["wifi"],
-        "node_exporter_web_config": {"basic_auth_users": {"prometheus": OTHER_HASH}},
-    }, check=True)
-    assert result.rc == 0, failed_tasks(events)
-    changed = [c.task for c in result.tracker.changes]
-    assert any("Write the web config" in task for task in changed), changed
-    text = json.dumps(events)
-    assert HASH not in text and OTHER_HASH not in text
-    assert "scrape-secret" not in text
+def test_a_changed_hash_stays_out_of_the_output_in_check_mode_and_when_applied():
+    """Another hash: in check mode with diff the web config would change, and then an apply changes
+    it (the exporter restarted takes the new password only); neither hash is in any event of either
+    run (the task is no_log)."""
+    host = instance(HOST)
+    settings = {"node_exporter_disabled_collectors": ["wifi"],
+                "node_exporter_web_config": {"basic_auth_users": {"prometheus": OTHER_HASH}}}
+    for check in (True, False):
+        result, events = run_role("node_exporter", settings, check=check)
+        assert result.rc == 0, failed_tasks(events)
+        changed = [c.task for c in result.tracker.changes]
+        assert any("Write the web config" in task for task in changed), (check, changed)
+        text = json.dumps(events)
+        assert HASH not in text and OTHER_HASH not in text, check
+    assert http_answers(host, METRICS)
+    assert wait_until(lambda: _status(host, "prometheus:another-secret") == "200", 30, every=1)
+    assert _status(host, "prometheus:scrape-secret") == "401"
 
 
 def test_z_removing_basic_auth_opens_the_metrics_again():
