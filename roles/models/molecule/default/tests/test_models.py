@@ -2,9 +2,8 @@
 tiny-deepseek in place, verified, root:gpuprov 0440, `current` switched; zero changes in check
 mode. Against the mirror (HTTPS): a new revision is fetched; a corrupted update is refused and the old
 model stays; a changed file with a regenerated manifest is refused by the pinned digest; an
-interrupted download resumes with an HTTP range; too little disk fails before fetching; the hf source
-against a stand-in of the hub's layout (token required, never shown); path verifies only; bad input
-fails in preflight."""
+interrupted download resumes with an HTTP range; too little disk fails before fetching; bad input
+fails in preflight. The hf and path sources are the `sources` scenario's."""
 
 import json
 import os
@@ -21,7 +20,7 @@ from gpuprov_molecule import (
 
 SHIPPED = json.loads((Path(__file__).resolve().parents[3] / "files/tiny-deepseek/manifest.json").read_text())
 ROOT = "/var/lib/gpuprov/models"
-TOKEN = "hf_gpuprov_test_token_7c1e"  # the mirror's nginx wants exactly this one
+TOKEN = "hf_gpuprov_test_token_7c1e"  # refused in preflight over http, never sent
 D12 = "gpuprov-models-debian12"
 # The host-level tests run on the model hosts, not on the mirror.
 testinfra_hosts = [f"ansible://gpu_servers?ansible_inventory={os.environ.get('MOLECULE_INVENTORY_FILE', '')}"]
@@ -180,72 +179,6 @@ def test_too_little_disk_fails_before_fetching(mirror, d12):
     assert [t for _, t, _ in failures] == ["Fetch, verify and switch to the model"]
     assert "not enough free disk" in failures[0][2] and "GiB free; nothing was fetched" in failures[0][2]
     assert d12.run(f"ls -A {ROOT}/tiny-big/.staging-b1").stdout == ""
-
-
-HUB = r"""
-import hashlib, json, os, shutil, sys
-repo, rev = "gpuprov-test/tiny-deepseek", sys.argv[1]
-src = "/srv/mirror/tiny-deepseek"
-files_dir = f"/srv/hub/{repo}/resolve/{rev}"
-os.makedirs(files_dir, exist_ok=True)
-os.makedirs(f"/srv/hub/api/models/{repo}/revision", exist_ok=True)
-siblings = []
-for f in sorted(os.listdir(src)) + ["README.md"]:
-    data = b"# not fetched\n" if f == "README.md" else open(f"{src}/{f}", "rb").read()
-    if f == "manifest.json":
-        continue
-    open(f"{files_dir}/{f}", "wb").write(data)
-    s = {"rfilename": f, "size": len(data),
-         "blobId": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
-    if f.endswith(".safetensors"):   # LFS files: the hub gives their sha256
-        s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    siblings.append(s)
-json.dump({"id": repo, "sha": rev, "siblings": siblings}, open(f"/srv/hub/api/models/{repo}/revision/{rev}", "w"))
-os.system("chmod -R a+rX /srv/hub")
-"""
-HUB_REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _from_hub(token):
-    return run_role("models", {"models_name": "tiny-hub", "models_source": "hf",
-                               "models_hf_endpoint": "https://gpuprov-mirror/hub", "models_hf_token": token,
-                               "models_catalog_extra": {"tiny-hub": _entry(HUB_REV, "gpuprov-test/tiny-deepseek")}},
-                    pre_roles=("gpu_facts",), limit=D12)
-
-
-def test_hf_source_with_token(mirror, d12):
-    mirror.check_output("python3 -c %s %s", HUB, HUB_REV)
-    result, events = _from_hub("hf_wrong_token")
-    assert [t for _, t, _ in failed_tasks(events)] == ["Ask the hub for the files of the pinned revision"]
-    assert result.recaps[0].changed == 0
-
-    result, events = _from_hub(TOKEN)
-    assert failed_tasks(events) == []
-    fetched = sorted(_sync_result(events)["fetched"])
-    assert fetched == sorted(f["path"] for f in SHIPPED["files"])  # README.md is not a pattern match
-    assert d12.file(f"{ROOT}/tiny-hub/current").linked_to == f"{ROOT}/tiny-hub/{HUB_REV}"
-    # The token reached the hub (401 otherwise) but appears in no event and no artifact of the run.
-    assert TOKEN not in json.dumps(events)
-    for path in Path(result.run_dir).rglob("*"):
-        if path.is_file():
-            assert TOKEN not in path.read_text(errors="replace"), path
-
-
-def test_path_source_verifies_only(d12):
-    d12.check_output(f"rm -rf /srv/own && mkdir -p /srv/own && cp -rL {ROOT}/tiny-deepseek/current/. /srv/own/ "
-                     "&& rm /srv/own/gpuprov-manifest.json && cp /etc/ansible/facts.d/model.fact /tmp/")
-    manifest = json.dumps({"revision": SHIPPED["revision"], "files": SHIPPED["files"]})
-    d12.check_output("python3 -c %s", f"open('/srv/own/manifest.json', 'w').write({manifest!r})")
-    args = {"models_source": "path", "models_path": "/srv/own"}
-    result, events = run_role("models", args, pre_roles=("gpu_facts",), limit=D12)
-    assert failed_tasks(events) == []
-    d12.check_output("chmod u+w /srv/own/tokenizer.json && echo x >> /srv/own/tokenizer.json")
-    result, events = run_role("models", args, pre_roles=("gpu_facts",), limit=D12)
-    failures = failed_tasks(events)
-    assert [t for _, t, _ in failures] == ["Check every file matches its manifest"]
-    assert "1 file(s) in /srv/own are missing or do not match manifest.json: tokenizer.json" in failures[0][2]
-    # Back to the converged state for the check-mode test's host.
-    run_role("models", {}, pre_roles=("gpu_facts",), limit=D12)
 
 
 @pytest.mark.parametrize("extra, task, words", [
