@@ -2,15 +2,14 @@
 exist: targets come from the inventory (a host added to gpu_servers is scraped on the next run),
 the alert rules pass their promtool unit tests, a rule promtool refuses never replaces the live
 ones, and with Alertmanager on, the down targets' alert reaches it and the dead man's switch's
-heartbeat reaches its receiver; the services' units are hardened."""
+heartbeat reaches its receiver; the services' units are hardened. Targets that ask for credentials
+(basic auth, client certificates) are the `secured_targets` scenario's."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import subprocess
-import time
 
 import pytest
 from gpuprov_molecule import (
@@ -230,114 +229,3 @@ def test_alertmanager_receives_the_down_targets_alert_and_the_heartbeat():
     watchdog = [a for a in json.loads(MON.check_output("curl -sS http://127.0.0.1:9093/api/v2/alerts"))
                 if a["labels"]["alertname"] == "Watchdog"]
     assert [r["name"] for a in watchdog for r in a["receivers"]] == ["heartbeat"], watchdog
-
-
-
-def test_a_node_exporter_behind_basic_auth_is_scraped_with_its_credentials():
-    """The defect: a node exporter with basic auth on (node_exporter_web_config) was scraped without
-    credentials, so its target was down (401). A node exporter on the monitoring host itself, asking
-    for basic auth, stands for a GPU host's: without prometheus_node_exporter_basic_auth its target is
-    down with a 401, with it the target is up; the password is in a root:prometheus 0640 file and
-    nowhere in prometheus.yml."""
-    password = f"scrape-{time.time_ns()}"
-    hashed = MON.check_output(
-        f"python3 -W ignore -c \"import crypt; print(crypt.crypt('{password}', crypt.mksalt(crypt.METHOD_BLOWFISH)))\"")
-    assert hashed.startswith("$2")
-    web = {"node_exporter_web_config": {"basic_auth_users": {"prometheus": hashed}}}
-    result, events = run_role("node_exporter", web, hosts="monitoring")
-    assert result.rc == 0, failed_tasks(events)
-    me = {"mon-node": _gpu_host(MON.check_output("hostname -I").split()[0])}
-
-    def node_target() -> dict:
-        found = [t for t in _api("v1/targets")["data"]["activeTargets"]
-                 if t["labels"]["job"] == "node" and t["labels"].get("host") == "mon-node"]
-        return found[0] if found and found[0]["health"] != "unknown" else {}
-
-    try:
-        result, events = _prometheus(more_gpus=me)
-        assert result.rc == 0, failed_tasks(events)
-        target = wait_until(node_target)
-        assert target and target["health"] == "down" and "401" in target["lastError"], target
-        auth = {"prometheus_node_exporter_basic_auth": {"username": "prometheus", "password": password}}
-        result, events = _prometheus(auth, more_gpus=me)
-        assert result.rc == 0, failed_tasks(events)
-        target = wait_until(lambda: (t := node_target()) and t["health"] == "up" and t)
-        assert target, node_target()
-        secret = MON.file("/etc/prometheus/node-exporter.password")
-        assert (secret.user, secret.group, secret.mode) == ("root", "prometheus", 0o640)
-        assert password not in MON.file("/etc/prometheus/prometheus.yml").content_string
-        assert password not in json.dumps(events)  # no_log: not in the run's output either
-    finally:
-        _prometheus()
-    assert not MON.file("/etc/prometheus/node-exporter.password").exists
-
-
-# A stand-in for a TLS front that asks for client certificates from a client CA (TLS 1.3 only).
-MTLS_STANDIN = """
-import http.server, ssl
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-ctx.load_cert_chain('/root/mtls/server.crt', '/root/mtls/server.key')
-ctx.verify_mode = ssl.CERT_REQUIRED
-ctx.load_verify_locations('/root/mtls/client-ca.crt')
-class Ready(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b'ready')
-server = http.server.HTTPServer(('0.0.0.0', 9443), Ready)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-"""
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def test_the_probes_present_a_client_certificate_to_fronts_with_mutual_tls(tmp_path):
-    """The defect: with mutual TLS on the fronts the probes had no client certificate, so
-    TritonNotReady fired on every host. A front that asks for a client certificate (a stand-in on the
-    monitoring host) fails the probe while its host's tls_front_mutual_tls is unset, and passes once
-    it is set (the probes then present the client certificate); the key is root:prometheus 0640 and
-    goes away with mutual TLS."""
-    address = MON.check_output("hostname -I").split()[0]
-    ca_dir = os.path.dirname(CA)
-    server_ca = (CA, os.path.join(ca_dir, "ca.key"))
-    client_ca = (str(tmp_path / "client-ca.crt"), str(tmp_path / "client-ca.key"))
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-             "-subj", "/CN=client CA", "-keyout", client_ca[1], "-out", client_ca[0])
-    for name, (ca_cert, ca_key), ext in (("server", server_ca, f"subjectAltName=IP:{address}"),
-                                         ("probe", client_ca, "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
-                 f"/CN={name}", "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.csr"))
-        (tmp_path / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", str(tmp_path / f"{name}.csr"), "-CA", ca_cert, "-CAkey", ca_key, "-days", "1",
-                 "-extfile", str(tmp_path / f"{name}.ext"), "-out", str(tmp_path / f"{name}.crt"))
-    MON.check_output("mkdir -p /root/mtls")
-    for name in ("server.crt", "server.key", "client-ca.crt"):
-        MON.check_output(f"cat > /root/mtls/{name} <<'PEM'\n{(tmp_path / name).read_text()}PEM")
-    MON.check_output(f"cat > /root/mtls/serve.py <<'PY'\n{MTLS_STANDIN}PY")
-    MON.check_output("systemd-run --unit gpuprov-mtls-standin python3 /root/mtls/serve.py")
-    probe = ("curl -sS 'http://127.0.0.1:9115/probe?module=gpuprov_triton_ready"
-             f"&target=https://{address}:9443/v2/health/ready'")
-    client = {"prometheus_probe_port": 9443, "prometheus_probe_client_cert": str(tmp_path / "probe.crt"),
-              "prometheus_probe_client_key": str(tmp_path / "probe.key")}
-    key = MON.file("/etc/prometheus/probe-client.key")
-    try:
-        result, events = _prometheus(client, more_gpus={"mon-front": _gpu_host(address)})
-        assert result.rc == 0, failed_tasks(events)
-        assert "probe_success 0" in MON.check_output(probe)
-        assert not key.exists
-        mutual = {"mon-front": {**_gpu_host(address), "tls_front_mutual_tls": True}}
-        result, events = _prometheus(client, more_gpus=mutual)
-        assert result.rc == 0, failed_tasks(events)
-        assert wait_until(lambda: "probe_success 1" in MON.check_output(probe), 120), MON.check_output(probe)
-        assert (key.user, key.group, key.mode) == ("root", "prometheus", 0o640)
-        again, _ = _prometheus(client, more_gpus=mutual)
-        assert again.rc == 0 and again.recaps[0].changed == 0
-    finally:
-        MON.run("systemctl stop gpuprov-mtls-standin")
-        back, _ = _prometheus()
-        assert back.rc == 0
-    assert not key.exists and not MON.file("/etc/prometheus/probe-client.crt").exists
