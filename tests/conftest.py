@@ -10,9 +10,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import suite_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 GPUPROV = ROOT / "scripts" / "gpuprov"
+# The groups' durations kept in the repository (a fresh machine's order; tests/suite_groups.py).
+DURATIONS = ROOT / "tests" / "suite" / "durations.json"
 
 
 def load_module(name: str, relative_path: str) -> ModuleType:
@@ -95,6 +98,16 @@ def verify_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
         cells = re.split(r"\s{2,}", line.strip(), maxsplit=3) + [""]
         rows[(cells[0], cells[1])] = (cells[2], cells[3])
     return rows
+
+
+def pytest_configure(config) -> None:
+    """Every test in its group for pytest-xdist, the groups longest first (tests/suite_groups.py):
+    by the record of the last full run here, else the repository's."""
+    cache = Path(os.environ.get("GPUPROV_CACHE", "/var/cache/gpuprov"))
+    config.pluginmanager.register(suite_groups.SuitePlugin([cache / "test-durations.json", DURATIONS]),
+                                  "gpuprov-suite-groups")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(suite_groups.XdistPlugin(), "gpuprov-suite-scheduler")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

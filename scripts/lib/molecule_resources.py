@@ -1,15 +1,11 @@
-"""What a Molecule scenario holds while it runs, for scripts/test's scheduler: its containers' names,
-its Docker networks and the host directories it mounts as apt caches. Two scenarios that share one
-must not run together. A scenario on the base images also names the step that builds them
-(`after:base-images`).
+"""What a Molecule scenario holds while it runs: its containers' names, its Docker networks and the
+host directories it mounts as apt caches. No two scenarios share one, so pytest-xdist runs them side
+by side (tests/suite/test_molecule.py; tests/test_systemd_container.py checks it).
 
 The shared platforms (.config/molecule/config.yml) are named after the scenario run,
-GPUPROV_SCENARIO: scripts/test sets it to the scenario's id (`--id`: the role's name with `-` for
-`_`, and the scenario's name when it is not `default`), and the names here are read the way
-Molecule reads them, through its own interpolation with that id.
-
-usage: molecule_resources.py SCENARIO_DIR        (prints a comma-separated list)
-       molecule_resources.py --id SCENARIO_DIR   (prints the scenario's id)
+GPUPROV_SCENARIO: tests/suite/test_molecule.py sets it to the scenario's id (`scenario_id`: the
+role's name with `-` for `_`, and the scenario's name when it is not `default`), and the names here
+are read the way Molecule reads them, through its own interpolation with that id.
 """
 
 from __future__ import annotations
@@ -25,9 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's g
 from gpuprov.systemd_container import APT_ARCHIVES, apt_root, molecule_platform  # noqa: E402
 
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / ".config" / "molecule" / "config.yml"
-# Images that scripts/build-base-images makes: a scenario on them waits for that step.
-BASE_IMAGE = "-base:"
-BASE_IMAGES_STEP = "after:base-images"
 
 
 def scenario_id(scenario_dir: Path) -> str:
@@ -54,6 +47,7 @@ def platforms(scenario_dir: Path) -> list[dict]:
 
 
 def resources(scenario_dir: Path) -> list[str]:
+    """`container:NAME`, `network:NAME` and `apt:DIRECTORY` of each platform."""
     out: set[str] = set()
     for p in platforms(scenario_dir):
         out.add(f"container:{p['name']}")
@@ -61,20 +55,14 @@ def resources(scenario_dir: Path) -> list[str]:
         for volume in p.get("volumes", []):
             if f":{APT_ARCHIVES}" in volume:
                 out.add(f"apt:{volume.split(':')[0]}")
-        if BASE_IMAGE in p.get("image", ""):
-            out.add(BASE_IMAGES_STEP)
     return sorted(out)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--id":
-        print(scenario_id(Path(sys.argv[2])))
-    elif len(sys.argv) == 2:
-        try:
-            print(",".join(resources(Path(sys.argv[1]))))
-        except ValueError as e:  # a platform that writes its own container recipe
-            print(f"molecule_resources: {sys.argv[1]}: {e}", file=sys.stderr)
-            sys.exit(2)
-    else:
-        print(__doc__, file=sys.stderr)
-        sys.exit(64)
+def container_names(scenario_dir: Path) -> list[str]:
+    """The names of the scenario's containers, as its run (`scenario_id`) names them."""
+    return [p["name"] for p in platforms(scenario_dir)]
+
+
+def uses_base_images(scenario_dir: Path) -> bool:
+    """Whether a platform starts from the base images (scripts/build-base-images makes them)."""
+    return any("-base:" in p.get("image", "") for p in platforms(scenario_dir))
