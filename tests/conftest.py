@@ -104,10 +104,10 @@ def pytest_configure(config) -> None:
     """Every test in its group for pytest-xdist, the groups longest first (tests/suite_groups.py):
     by the record of the last full run here, else the repository's."""
     cache = Path(os.environ.get("GPUPROV_CACHE", "/var/cache/gpuprov"))
-    config.pluginmanager.register(suite_groups.SuitePlugin([cache / "test-durations.json", DURATIONS]),
-                                  "gpuprov-suite-groups")
+    plugin = suite_groups.SuitePlugin([cache / "test-durations.json", DURATIONS])
+    config.pluginmanager.register(plugin, "gpuprov-suite-groups")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(suite_groups.XdistPlugin(), "gpuprov-suite-scheduler")
+        config.pluginmanager.register(suite_groups.XdistPlugin(plugin.times), "gpuprov-suite-scheduler")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

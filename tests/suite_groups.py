@@ -27,6 +27,8 @@ import pytest
 MOLECULE = "tests/suite/test_molecule.py::test_scenario["
 TOOLS = "tests/suite/test_tools.py::"
 CPU_PROPERTY = "gpuprov_cpu_seconds"
+# Seconds a test spent waiting for something another test makes (the base images): not its own.
+WAIT_PROPERTY = "gpuprov_wait_seconds"
 
 
 def group_of(nodeid: str) -> str:
@@ -74,21 +76,38 @@ def processor_seconds() -> float:
 
 
 class GroupTimes:
-    """Seconds, processor seconds and outcome by group, from the test reports."""
+    """Seconds, processor seconds and outcome by group, from the test reports; which tests each
+    group has (`expect`) and which of them ended (a teardown report), so that a group cut off
+    (an interrupted run, a crashed worker) is never recorded as passed."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.failed: set[str] = set()
+        self.expected: dict[str, set[str]] = {}
+        self.ended: dict[str, set[str]] = {}
 
-    def add(self, nodeid: str, duration: float, failed: bool, properties: Iterable[tuple[str, object]]) -> None:
+    def expect(self, nodeids: Iterable[str]) -> None:
+        for nodeid in nodeids:
+            self.expected.setdefault(group_of(nodeid), set()).add(nodeid)
+
+    def add(self, nodeid: str, when: str, duration: float, failed: bool,
+            properties: Iterable[tuple[str, object]]) -> None:
         group = group_of(nodeid)
         self.seconds[group] = self.seconds.get(group, 0.0) + duration
-        for name, value in properties:
+        for name, value in properties if when == "teardown" else ():
             if name == CPU_PROPERTY and isinstance(value, (int, float)):
                 self.cpu[group] = self.cpu.get(group, 0.0) + float(value)
+            if name == WAIT_PROPERTY and isinstance(value, (int, float)):
+                self.seconds[group] -= float(value)
         if failed:
             self.failed.add(group)
+        if when == "teardown":
+            self.ended.setdefault(group, set()).add(nodeid)
+
+    def complete(self, group: str) -> bool:
+        """Every test the group has ended (and it has tests)."""
+        return bool(self.expected.get(group)) and self.expected[group] <= self.ended.get(group, set())
 
     def write_table(self, path: Path) -> None:
         """NAME<TAB>SECONDS<TAB>CPU per group (scripts/test's slowest-steps table)."""
@@ -96,9 +115,10 @@ class GroupTimes:
                                 for g, s in sorted(self.seconds.items())))
 
     def record(self, path: Path) -> None:
-        """The groups that passed, over the earlier record (a failed group keeps its old figure)."""
+        """The groups that passed whole, over the earlier record (a failed or unfinished group keeps
+        its old figure)."""
         old = load_durations([path])
-        new = {g: round(s, 1) for g, s in self.seconds.items() if g not in self.failed}
+        new = {g: round(s, 1) for g, s in self.seconds.items() if g not in self.failed and self.complete(g)}
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(dict(sorted({**old, **new}.items())), indent=1) + "\n")
         tmp.replace(path)
@@ -118,6 +138,10 @@ class SuitePlugin:
         order = ordered([item.nodeid for item in items], load_durations(self.durations))
         items[:] = [items[n] for n in order]
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Without pytest-xdist the tests are collected here (with it, XdistPlugin learns them)."""
+        self.times.expect(item.nodeid for item in session.items)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         self.cpu_at_start[item.nodeid] = processor_seconds()
@@ -131,20 +155,24 @@ class SuitePlugin:
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.times.add(report.nodeid, report.duration, report.failed, report.user_properties)
+        self.times.add(report.nodeid, report.when, report.duration, report.failed, report.user_properties)
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller writes
             return
         if table := os.environ.get("GPUPROV_TEST_GROUPS"):
             self.times.write_table(Path(table))
-        if record := os.environ.get("GPUPROV_TEST_RECORD"):
+        # Only a run that ended by itself (all passed, or tests failed) is a record; one interrupted,
+        # stopped early or broken is not.
+        finished = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not (
+            session.shouldstop or session.shouldfail)
+        if (record := os.environ.get("GPUPROV_TEST_RECORD")) and finished:
             self.times.record(Path(record))
 
 
 def group_scheduling() -> type:
     """pytest-xdist's scope scheduler with our groups as its scopes: a group goes to one worker as a
-    whole, in the collection's order (`--no-loadscope-reorder`), and a worker down to its last two
+    whole, in the collection's order (no reordering by size), and a worker down to its last two
     tests gets the next group. (pytest-xdist 3.8's own `loadgroup` reads `xdist_group` marks through
     the node ids, which pytest 9.2 no longer lets it change: pytest-xdist issue #1386.)"""
     from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
@@ -157,10 +185,18 @@ def group_scheduling() -> type:
 
 
 class XdistPlugin:
-    """The scheduler for `--dist loadgroup` (registered where pytest-xdist is)."""
+    """`--dist loadgroup` with our scheduler (registered where pytest-xdist is): the groups in the
+    collection's order, and each group's tests, as the workers collected them, for the record."""
+
+    def __init__(self, times: GroupTimes) -> None:
+        self.times = times
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> object | None:
         if config.getvalue("dist") != "loadgroup":
             return None
+        config.option.loadscopereorder = False  # the order is the collection's (ours)
         return group_scheduling()(config, log)
+
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        self.times.expect(ids)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import suite_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,14 +49,15 @@ sys.path.insert(0, {tests!r})
 import suite_groups
 
 def pytest_configure(config):
-    config.pluginmanager.register(suite_groups.SuitePlugin([Path({record!r})]), "gpuprov-suite-groups")
-    config.pluginmanager.register(suite_groups.XdistPlugin(), "gpuprov-suite-scheduler")
+    plugin = suite_groups.SuitePlugin([Path({record!r})])
+    config.pluginmanager.register(plugin, "gpuprov-suite-groups")
+    config.pluginmanager.register(suite_groups.XdistPlugin(plugin.times), "gpuprov-suite-scheduler")
 """
 
-# Each test appends `worker group-test start end` to a log; `fast` burns 0.3 s of processor time;
-# the module fixture counts its setups.
+# Each test appends `worker group-test start end` to a log; `fast` has a child process burn 0.3 s
+# of processor time; the module fixture counts its setups.
 PROJECT_MODULE = """
-import os, time, pytest
+import os, subprocess, sys, time, pytest
 LOG = {log!r}
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,8 @@ def test_sleep(once, n):
 
 def test_fast(once):
     start = time.time()
-    end = time.process_time() + 0.3
-    while time.process_time() < end:
-        pass
+    subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.3\\n"
+                    "while time.process_time() < end: pass"], check=True)
     _note("fast", start)
     assert {passes}
 """
@@ -93,11 +94,11 @@ def _project(tmp_path: Path, modules: dict[str, tuple[float, bool]]) -> tuple[Pa
     return project, log
 
 
-def _pytest(project: Path, tmp_path: Path, workers: int) -> subprocess.CompletedProcess[str]:
+def _pytest(project: Path, tmp_path: Path, workers: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GPUPROV_TEST_GROUPS": str(tmp_path / "groups.tsv"),
            "GPUPROV_TEST_RECORD": str(tmp_path / "record.json")}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(workers),
-                           "--dist", "loadgroup", "--no-loadscope-reorder", "-q", str(project)],
+                           "--dist", "loadgroup", "-q", *args, str(project)],
                           cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -127,8 +128,8 @@ def test_the_groups_figures_and_record_and_the_next_runs_order(tmp_path: Path) -
     assert set(table) == {"test_short.py", "test_long.py", "test_fails.py"}
     seconds = {group: float(row[0]) for group, row in table.items()}
     cpu = {group: float(row[1]) for group, row in table.items()}
-    # Three tests asleep (0.4 s each in test_long, 0.05 s elsewhere) and one burning 0.3 s of
-    # processor time, in every group: asleep counts in seconds only.
+    # Three tests asleep (0.4 s each in test_long, 0.05 s elsewhere) and one whose child process
+    # burns 0.3 s of processor time, in every group: asleep counts in seconds only.
     assert seconds["test_long.py"] >= 1.4 and 0.4 <= seconds["test_short.py"] < 1.4, seconds
     assert all(0.25 <= c < 1.2 for c in cpu.values()), cpu
     record = json.loads((tmp_path / "record.json").read_text())
@@ -138,6 +139,43 @@ def test_the_groups_figures_and_record_and_the_next_runs_order(tmp_path: Path) -
     run = _pytest(project, tmp_path, 1)
     started = [line.split()[1].split("-")[0] for line in log.read_text().splitlines()]
     assert list(dict.fromkeys(started)) == ["test_fails", "test_long", "test_short"], started
+    # A run stopped at its first failure (-x; pytest-xdist ends it as interrupted, exit status 2) is
+    # no record: none is written.
+    (tmp_path / "record.json").unlink()
+    run = _pytest(project, tmp_path, 1, "-x")
+    assert run.returncode == 2 and "stopping after 1 failures" in run.stdout + run.stderr, run.stdout
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_a_groups_wait_and_unfinished_groups_are_not_its_time() -> None:
+    """Time spent waiting for the base images comes off the group's seconds; a group whose tests did
+    not all end (a crashed worker) is not recorded, nor is a failed one."""
+    times = suite_groups.GroupTimes()
+    times.expect(["a.py::t1", "a.py::t2", "b.py::t1", "c.py::t1"])
+    wait = [(suite_groups.WAIT_PROPERTY, 30.0), (suite_groups.CPU_PROPERTY, 2.0)]
+    for nodeid, when, seconds, failed, props in [
+            ("a.py::t1", "setup", 1.0, False, []), ("a.py::t1", "call", 40.0, False, wait),
+            ("a.py::t1", "teardown", 0.5, False, wait), ("a.py::t2", "call", 5.0, False, []),
+            ("a.py::t2", "teardown", 0.5, False, []), ("b.py::t1", "call", 9.0, False, []),
+            ("c.py::t1", "call", 3.0, True, []), ("c.py::t1", "teardown", 0.1, False, [])]:
+        times.add(nodeid, when, seconds, failed, props)
+    assert times.seconds["a.py"] == 1.0 + 40.0 + 0.5 + 5.0 + 0.5 - 30.0
+    assert times.cpu["a.py"] == 2.0
+    assert times.complete("a.py") and not times.complete("b.py") and times.complete("c.py")
+
+
+def test_the_scenarios_a_run_is_limited_to(monkeypatch) -> None:
+    from conftest import load_module
+
+    suite = load_module("suite_test_molecule", "tests/suite/test_molecule.py")
+    monkeypatch.setenv("GPUPROV_TEST_SCENARIOS", "tls node_exporter/release")
+    assert suite._scenarios() == ["node_exporter/release", "tls/default", "tls/provided"]
+    monkeypatch.setenv("GPUPROV_TEST_SCENARIOS", "")
+    every = suite._scenarios()
+    assert len(every) >= 20 and "prometheus/secured_targets" in every
+    monkeypatch.setenv("GPUPROV_TEST_SCENARIOS", "tls/nope")
+    with pytest.raises(AssertionError, match="no such scenario: tls/nope"):
+        suite._scenarios()
 
 
 def test_every_scenario_holds_containers_networks_and_caches_of_its_own() -> None:
@@ -157,3 +195,28 @@ def test_every_scenario_holds_containers_networks_and_caches_of_its_own() -> Non
     assert "container:gpuprov-node-exporter-debian13" in held[node]
     assert "container:gpuprov-fw-outsider" in held[ROOT / "roles/firewall/molecule/default"]
     assert molecule_resources.container_names(ROOT / "roles/tls/molecule/provided") == ["gpuprov-tls-provided-debian13"]
+
+
+def _junit(path: Path, cases: dict[str, str]) -> None:
+    """A JUnit report of `cases` (name -> pass, failure, error or skipped)."""
+    body = "".join(f'<testcase classname="m" name="{name}">' + ("" if kind == "pass" else f"<{kind}/>")
+                   + "</testcase>" for name, kind in cases.items())
+    path.write_text(f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>')
+
+
+def test_the_final_line_counts_the_packages_tests_in_place_of_the_test_that_ran_them(tmp_path: Path) -> None:
+    from conftest import load_module
+
+    counts = load_module("junit_counts", "scripts/lib/junit_counts.py")
+    junit = tmp_path / "pytest.xml"
+    _junit(junit, {"test_a": "pass", "test_b": "failure", "test_c": "skipped", "test_package[engine]": "pass",
+                   "test_package[gateway]": "failure", "test_package[lint]": "failure"})
+    _junit(tmp_path / "package-engine.xml", {"e1": "pass", "e2": "pass"})
+    _junit(tmp_path / "package-gateway.xml", {"g1": "pass", "g2": "error"})
+    _junit(tmp_path / "package-lint.xml", {"l1": "pass"})  # its tests passed, its linter did not
+    passed, failed = counts.count(junit, tmp_path)
+    assert passed == 1 + 2 + 1 + 1
+    assert failed == ["m::test_b", "m::test_package[lint]", "gateway: m::g2"]
+    # No pytest report (it broke first): only what the packages say.
+    junit.unlink()
+    assert counts.count(junit, tmp_path)[0] == 4

@@ -20,9 +20,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import suite_groups
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +51,9 @@ def base_images(tmp_path_factory: pytest.TempPathFactory) -> None:
     (scripts/build-base-images: rebuilt only when the role or the plain image changed), made once
     per run by the first scenario that needs them while the others on them wait (a lock in the
     directory the run's workers share); the tests that need none run meanwhile."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
-    shared = tmp_path_factory.getbasetemp().parent
+    # pytest-xdist's workers of one run share their base directory's parent; without it, the run's own.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    shared = tmp_path_factory.getbasetemp().parent if run else tmp_path_factory.getbasetemp()
     result, log = shared / f"base-images-{run}.rc", LOGS / "base-images.log"
     with FileLock(str(shared / f"base-images-{run}.lock")):
         if not result.exists():
@@ -75,7 +78,10 @@ def test_scenario(scenario: str, request: pytest.FixtureRequest) -> None:
     role, name = scenario.split("/")
     directory = ROOT / "roles" / role / "molecule" / name
     if molecule_resources.uses_base_images(directory):
+        # Building or waiting for them is not the scenario's own time (tests/suite_groups.py).
+        started = time.monotonic()
         request.getfixturevalue("base_images")
+        request.node.user_properties.append((suite_groups.WAIT_PROPERTY, round(time.monotonic() - started, 1)))
     sid = molecule_resources.scenario_id(directory)
     leftovers = molecule_resources.container_names(directory)
     subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, check=False)
