@@ -103,6 +103,15 @@ def test_z_without_the_credentials_the_target_is_refused_and_the_probe_fails():
     result, events = run_role("prometheus", settings, hosts="monitoring", facts=facts,
                               extra_inventory={"all": {"children": {"gpu_servers": {"hosts": gpu}}}})
     assert result.rc == 0, failed_tasks(events)
+    # The files go only after Prometheus reloaded (and waited for: it reloads without waiting) and
+    # the blackbox exporter restarted without them: removed first, every scrape and probe in between
+    # failed on the missing file (this scenario's first full run caught a node target so).
+    done = [e["event_data"]["task"] for e in events if e.get("event") == "runner_on_ok"]
+    removed = done.index("Remove the node exporter's scrape password (no basic auth)")
+    assert done.index("Reload prometheus") < done.index("Wait for Prometheus to run the configuration without it") \
+        < removed, done
+    assert done.index("Restart blackbox exporter") < done.index(
+        "Remove the probes' client certificate and key (no mutual TLS)"), done
     assert not MON.file(PASSWORD_FILE).exists
     assert not any(MON.file(path).exists for path in CLIENT_FILES)
     target = wait_until(lambda: (t := _node_target()) and t["health"] == "down" and t, 60)
