@@ -6,9 +6,10 @@
   (`tests/suite/test_tools.py`) are groups of their own; every other test is in its module's group,
   so a module's fixtures (the lab's) are set up once.
 - Groups start longest first, by the seconds each took when it last passed: the record of the last
-  full run on this machine (outside the checkout, rewritten after each full run), else the one kept
-  in the repository (`tests/suite/durations.json`, from a full run here), for what a fresh machine
-  has no record of; a group in neither starts first, in collection order.
+  full run on this machine (outside the checkout; rewritten only after a full run that ended by
+  itself, for the groups whose every test ran and passed, less what they waited for), else the one
+  kept in the repository (`tests/suite/durations.json`, from a full run here), which a fresh machine
+  uses; a group in neither starts first, in collection order.
 - Each group's seconds (its tests' setup, call and teardown, one after another on one worker) and
   processor time (the worker's own and its finished child processes': Ansible, Molecule, pytest in
   the packages' venvs) are summed for the slowest-steps table.
@@ -32,8 +33,9 @@ WAIT_PROPERTY = "gpuprov_wait_seconds"
 
 
 def group_of(nodeid: str) -> str:
-    """The group of a test by its node id (before pytest-xdist adds `@group`): `molecule:ROLE/SCENARIO`,
-    the tool's or package's name, or the test's module."""
+    """The group of a test by its node id (a `@group` suffix, which pytest-xdist's own loadgroup
+    adds on older pytest, left out): `molecule:ROLE/SCENARIO`, the tool's or package's name, or the
+    test's module."""
     nodeid = nodeid.rsplit("@", 1)[0] if "@" in nodeid.rpartition("]")[2] else nodeid
     if nodeid.startswith(MOLECULE):
         return "molecule:" + nodeid[len(MOLECULE):].rstrip("]")
