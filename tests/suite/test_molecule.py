@@ -26,12 +26,11 @@ from pathlib import Path
 import pytest
 import suite_groups
 from filelock import FileLock
+from logged import LOGS, ROOT, last_lines, run_logged
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 import molecule_resources  # noqa: E402
 
-LOGS = Path(os.environ.get("GPUPROV_TEST_LOGS", ROOT / ".gpuprov" / "test-logs"))
 WHAT_FAILED = re.compile(r"^(FAILED|ERROR) |^E   |^fatal: \[|^failed: \[|^[^ ]+\.py:[0-9]+: [A-Za-z]*Error")
 
 
@@ -57,13 +56,10 @@ def base_images(tmp_path_factory: pytest.TempPathFactory) -> None:
     result, log = shared / f"base-images-{run}.rc", LOGS / "base-images.log"
     with FileLock(str(shared / f"base-images-{run}.lock")):
         if not result.exists():
-            LOGS.mkdir(parents=True, exist_ok=True)
-            with log.open("wb") as out:
-                rc = subprocess.run([str(ROOT / "scripts" / "build-base-images")], cwd=ROOT, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False).returncode
+            rc, log = run_logged("base-images", [str(ROOT / "scripts" / "build-base-images")])
             result.write_text(str(rc))
     if result.read_text() != "0":
-        pytest.fail(f"scripts/build-base-images failed: {log}\n" + "\n".join(log.read_text().splitlines()[-20:]))
+        pytest.fail(f"scripts/build-base-images failed: {log}\n" + "\n".join(last_lines(log, 20)))
 
 
 def _what_failed(log: Path) -> str:
@@ -85,14 +81,11 @@ def test_scenario(scenario: str, request: pytest.FixtureRequest) -> None:
     sid = molecule_resources.scenario_id(directory)
     leftovers = molecule_resources.container_names(directory)
     subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, check=False)
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"molecule_{role}_{name}.log"
     state = tempfile.mkdtemp(prefix="gpuprov-molecule.")
     env = {**os.environ, "GPUPROV_SCENARIO": sid, "MOLECULE_EPHEMERAL_DIRECTORY": state}
     try:
-        with log.open("wb") as out:
-            rc = subprocess.run(["molecule", "test", "-s", name], cwd=ROOT / "roles" / role, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False).returncode
+        rc, log = run_logged(f"molecule_{role}_{name}", ["molecule", "test", "-s", name], cwd=ROOT / "roles" / role,
+                             env=env)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     assert rc == 0, f"molecule test of {scenario} exited {rc}\n{_what_failed(log)}"

@@ -9,13 +9,10 @@ goes to .gpuprov/test-logs/<name>.log and a failure shows its last lines."""
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
+from logged import LOGS, ROOT, last_lines, run_logged
 
-ROOT = Path(__file__).resolve().parents[2]
-LOGS = Path(os.environ.get("GPUPROV_TEST_LOGS", ROOT / ".gpuprov" / "test-logs"))
 LINTERS = {
     "yamllint": ["yamllint", "--strict", "."],
     "ansible-lint": ["ansible-lint", "--profile", "production", "--offline", "-q"],
@@ -26,13 +23,8 @@ PACKAGES = sorted(p.parents[1].name for p in ROOT.glob("packages/*/scripts/test"
 
 
 def _run(name: str, argv: list[str]) -> None:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"{name}.log"
-    with log.open("wb") as out:
-        rc = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            check=False).returncode
-    lines = log.read_text(errors="replace").splitlines()
-    assert rc == 0, "\n".join([f"{' '.join(argv)} exited {rc}; its last lines ({log}):", *lines[-60:]])
+    rc, log = run_logged(name, argv)
+    assert rc == 0, "\n".join([f"{' '.join(argv)} exited {rc}; its last lines ({log}):", *last_lines(log, 60)])
 
 
 @pytest.mark.parametrize("linter", sorted(LINTERS))
